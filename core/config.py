@@ -1,0 +1,50 @@
+"""Frozen configuration: what a model is (ModelSpec) and how the engine runs (EngineSettings)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+PoolingMode = Literal["cls", "mean", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken"]
+Task = Literal["encode", "score"]
+DType = Literal["auto", "float32", "float16", "bfloat16"]
+AttentionName = Literal["auto", "flash", "torch_varlen", "sdpa", "cpu", "eager"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model as configuration. Fields left as None are read from the model directory."""
+
+    id: str
+    path: Path
+    tasks: tuple[Task, ...] | None = None
+    pooling: tuple[PoolingMode, ...] | None = None
+    include_prompt: bool | None = None
+    normalize: bool | None = None
+    max_seq_len: int | None = None
+    dtype: DType = "auto"
+    query_prompt: str | None = None
+    document_prompt: str | None = None
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """How the engine runs. Built by the caller (the sidecar reads env; the engine never does)."""
+
+    device: str = "auto"
+    attention: AttentionName = "auto"
+    # Real (unpadded) tokens per forward pass. On a 2-core CPU about 2k tokens keeps the
+    # activations in cache; larger budgets were measured slower there. GPUs want far more.
+    max_batch_tokens: int | None = None
+    max_batch_size: int = 256
+    num_threads: int | None = None
+    # When set, every registered model path must resolve inside one of these directories.
+    model_roots: tuple[Path, ...] = field(default_factory=tuple)
+    register_defaults: bool = True
+
+    def batch_tokens_for(self, device_type: str) -> int:
+        if self.max_batch_tokens is not None:
+            return self.max_batch_tokens
+        return 2048 if device_type == "cpu" else 32768

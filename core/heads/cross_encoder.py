@@ -1,0 +1,57 @@
+"""Sequence-classification heads for cross-encoders, on the packed layout.
+
+Each takes the encoder's hidden states [T, h] and returns logits [B, num_labels] from the
+first token of each sequence ([CLS] / <s>), as transformers' `...ForSequenceClassification`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from remora.core.layers.uninit import Linear
+
+from remora.core.batch import PackedBatch
+from remora.core.weights import Source
+
+
+def first_tokens(hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+    """[T, h] -> [B, h]: the first token of every sequence."""
+    return hidden[batch.cu_seqlens[:-1].long()]
+
+
+class BertClassificationHead(nn.Module):
+    """BERT's pooler (dense + tanh on [CLS]) followed by a linear classifier."""
+
+    def __init__(self, hidden_size: int, num_labels: int) -> None:
+        super().__init__()
+        self.pooler = Linear(hidden_size, hidden_size)
+        self.classifier = Linear(hidden_size, num_labels)
+
+    def forward(self, hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+        return self.classifier(torch.tanh(self.pooler(first_tokens(hidden, batch))))
+
+    @staticmethod
+    def weight_table(prefix: str) -> dict[str, Source]:
+        return {
+            "pooler.weight": f"{prefix}pooler.dense.weight",
+            "pooler.bias": f"{prefix}pooler.dense.bias",
+            "classifier.weight": "classifier.weight",
+            "classifier.bias": "classifier.bias",
+        }
+
+
+class RobertaClassificationHead(nn.Module):
+    """RoBERTa's head: dense + tanh on <s>, then an output projection."""
+
+    def __init__(self, hidden_size: int, num_labels: int) -> None:
+        super().__init__()
+        self.dense = Linear(hidden_size, hidden_size)
+        self.out_proj = Linear(hidden_size, num_labels)
+
+    def forward(self, hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+        return self.out_proj(torch.tanh(self.dense(first_tokens(hidden, batch))))
+
+    @staticmethod
+    def weight_table(prefix: str) -> dict[str, Source]:
+        return {f"{name}.{p}": f"classifier.{name}.{p}" for name in ("dense", "out_proj") for p in ("weight", "bias")}

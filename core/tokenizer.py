@@ -1,0 +1,89 @@
+"""Tokenization with `tokenizers` from tokenizer.json, in batches, without padding.
+
+Truncation follows sentence-transformers: texts are cut to `max_len` tokens (special tokens
+included), pairs with the longest-first strategy. With `truncate=False` an over-long input is
+an `InputTooLong` error that names it instead.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokenizers import Encoding, Tokenizer
+from tokenizers.normalizers import Lowercase
+from tokenizers.normalizers import Sequence as NormalizerSequence
+
+from remora.core.errors import InputTooLong, ModelLoadError
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    ids: list[list[int]]
+    type_ids: list[list[int]]
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(x) for x in self.ids]
+
+
+class TextTokenizer:
+    def __init__(self, model_dir: Path, *, max_len: int, lowercase: bool = False) -> None:
+        path = model_dir / "tokenizer.json"
+        if not path.is_file():
+            raise ModelLoadError(f"no tokenizer.json in {model_dir}")
+        try:
+            base = Tokenizer.from_file(str(path))
+        except Exception as exc:
+            raise ModelLoadError(f"unreadable tokenizer {path}: {exc}") from exc
+        if lowercase and "Lowercase" not in json.dumps(json.loads(base.to_str()).get("normalizer")):
+            # sentence_bert_config's do_lower_case: lowercase before the tokenizer's own normalizer.
+            base.normalizer = NormalizerSequence([Lowercase(), *([base.normalizer] if base.normalizer else [])])
+        base.no_padding()
+        base.no_truncation()
+        direction = _truncation_side(model_dir)
+        self.max_len = max_len
+        self._full = base
+        # A separate instance for truncation: changing one shared tokenizer per call would race.
+        self._truncating = Tokenizer.from_str(base.to_str())
+        self._truncating.enable_truncation(max_length=max_len, strategy="longest_first", direction=direction)
+        self.special_ids = {int(i) for i in base.get_added_tokens_decoder() if base.get_added_tokens_decoder()[i].special}
+
+    def encode(self, texts: Sequence[str], *, truncate: bool = True) -> Tokenized:
+        return self._run(list(texts), truncate=truncate)
+
+    def encode_pairs(self, firsts: Sequence[str], seconds: Sequence[str], *, truncate: bool = True) -> Tokenized:
+        return self._run(list(zip(firsts, seconds, strict=True)), truncate=truncate)
+
+    def prompt_length(self, prompt: str) -> int:
+        """Tokens a prompt occupies at the start of a text, as sentence-transformers counts them:
+        the prompt encoded alone with special tokens, less a trailing special token."""
+        ids = self._full.encode(prompt).ids
+        return len(ids) - 1 if ids and ids[-1] in self.special_ids else len(ids)
+
+    def _run(self, inputs: list, *, truncate: bool) -> Tokenized:  # type: ignore[type-arg]
+        tokenizer = self._truncating if truncate else self._full
+        encodings: list[Encoding] = tokenizer.encode_batch(inputs, add_special_tokens=True)
+        ids = [e.ids for e in encodings]
+        if not truncate:
+            for index, seq in enumerate(ids):
+                if len(seq) > self.max_len:
+                    raise InputTooLong(
+                        f"input {index} is {len(seq)} tokens long; this model takes at most {self.max_len} "
+                        "(send truncate=true to cut it instead)"
+                    )
+        return Tokenized(ids=ids, type_ids=[e.type_ids for e in encodings])
+
+
+def _truncation_side(model_dir: Path) -> str:
+    config = model_dir / "tokenizer_config.json"
+    if config.is_file():
+        try:
+            side = json.loads(config.read_text()).get("truncation_side", "right")
+        except ValueError:
+            side = "right"
+        if side in ("left", "right"):
+            return str(side)
+    return "right"

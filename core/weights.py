@@ -1,0 +1,159 @@
+"""Checkpoint loading: safetensors only, through a declarative name map with strict coverage.
+
+A model declares a table from its own parameter names to checkpoint tensor names, with `{i}`
+standing for the layer index and `Fuse` for parameters built from several tensors (fused QKV).
+Loading fails, naming the tensors, when a parameter finds no tensor, a shape differs, or a
+checkpoint tensor is neither used nor matched by an explicit drop pattern.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from remora.core.errors import WeightsError
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+@dataclass(frozen=True)
+class Fuse:
+    """A parameter made by concatenating checkpoint tensors along `dim` (e.g. Q, K, V -> QKV)."""
+
+    sources: tuple[str, ...]
+    dim: int = 0
+
+
+Source = str | Fuse
+WeightTable = Mapping[str, Source]
+
+
+class Checkpoint:
+    """The safetensors files of one model directory, read lazily (tensors are mmapped on demand)."""
+
+    def __init__(self, files: Sequence[Path]) -> None:
+        self.files = tuple(files)
+        self._owner: dict[str, Path] = {}
+        for file in self.files:
+            try:
+                with safe_open(str(file), framework="pt") as handle:
+                    for name in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
+                        self._owner[name] = file
+            except Exception as exc:  # safetensors raises several types for a bad header
+                raise WeightsError(f"corrupt safetensors file {file}: {exc}") from exc
+
+    @classmethod
+    def from_dir(cls, model_dir: Path, *, stem: str = "model") -> Checkpoint:
+        index = model_dir / f"{stem}.safetensors.index.json"
+        single = model_dir / f"{stem}.safetensors"
+        if index.is_file():
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise WeightsError(f"unreadable shard index {index}: {exc}") from exc
+            files = [model_dir / shard for shard in shards]
+            missing = [str(f) for f in files if not f.is_file()]
+            if missing:
+                raise WeightsError(f"shard index {index} names missing files: {', '.join(missing)}")
+            return cls(files)
+        if single.is_file():
+            return cls([single])
+        pickles = sorted(p.name for p in model_dir.glob("*") if p.suffix in PICKLE_SUFFIXES)
+        if pickles:
+            raise WeightsError(
+                f"{model_dir} holds only pickle checkpoints ({', '.join(pickles)}); Remora never unpickles "
+                "weights. Convert them to safetensors (e.g. `save_pretrained(..., safe_serialization=True)`)."
+            )
+        raise WeightsError(f"no weights in {model_dir}: expected {single.name} or {index.name}")
+
+    def names(self) -> set[str]:
+        return set(self._owner)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        with safe_open(str(self._owner[name]), framework="pt") as handle:
+            return tuple(handle.get_slice(name).get_shape())
+
+    def tensor(self, name: str) -> torch.Tensor:
+        file = self._owner[name]
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                return handle.get_tensor(name)
+        except Exception as exc:
+            raise WeightsError(f"corrupt safetensors file {file}: cannot read {name!r}: {exc}") from exc
+
+
+def expand(table: WeightTable, num_layers: int) -> dict[str, Source]:
+    """Expand `{i}` templates over layers; entries without `{i}` pass through unchanged."""
+    out: dict[str, Source] = {}
+    for target, source in table.items():
+        if "{i}" not in target:
+            out[target] = source
+            continue
+        for i in range(num_layers):
+            if isinstance(source, Fuse):
+                out[target.format(i=i)] = Fuse(tuple(s.format(i=i) for s in source.sources), source.dim)
+            else:
+                out[target.format(i=i)] = source.format(i=i)
+    return out
+
+
+def prefixed(table: WeightTable, prefix: str) -> dict[str, Source]:
+    """The same table with `prefix` in front of every checkpoint name (e.g. 'bert.')."""
+    out: dict[str, Source] = {}
+    for target, source in table.items():
+        if isinstance(source, Fuse):
+            out[target] = Fuse(tuple(prefix + s for s in source.sources), source.dim)
+        else:
+            out[target] = prefix + source
+    return out
+
+
+def _sources(source: Source) -> tuple[str, ...]:
+    return source.sources if isinstance(source, Fuse) else (source,)
+
+
+def _listing(names: Iterable[str], limit: int = 8) -> str:
+    names = sorted(names)
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def load_weights(
+    module: torch.nn.Module,
+    checkpoint: Checkpoint,
+    table: WeightTable,
+    *,
+    drop: Sequence[str] = (),
+    where: str = "",
+) -> None:
+    """Fill every parameter and buffer of `module` from `checkpoint` through `table`, strictly."""
+    state = module.state_dict(keep_vars=True)
+    available = checkpoint.names()
+    unmapped = sorted(set(state) - set(table))
+    if unmapped:
+        # A bug in a model's table, not in the checkpoint: say so plainly.
+        raise WeightsError(f"weight table of {type(module).__name__} does not cover {_listing(unmapped)}")
+    missing = sorted({s for target in state for s in _sources(table[target]) if s not in available})
+    if missing:
+        raise WeightsError(f"checkpoint {where} is missing tensors {_listing(missing)}")
+    used = {s for target in state for s in _sources(table[target])}
+    unexpected = [n for n in available - used if not any(fnmatch.fnmatchcase(n, p) for p in drop)]
+    if unexpected:
+        raise WeightsError(f"checkpoint {where} has unexpected tensors {_listing(unexpected)}")
+    with torch.no_grad():
+        for target, dest in state.items():
+            source = table[target]
+            parts = [checkpoint.tensor(s) for s in _sources(source)]
+            tensor = parts[0] if len(parts) == 1 else torch.cat(parts, dim=source.dim)  # type: ignore[union-attr]
+            if tuple(tensor.shape) != tuple(dest.shape):
+                raise WeightsError(
+                    f"checkpoint {where}: tensor {_sources(source)} has shape {tuple(tensor.shape)}, "
+                    f"but {target} needs {tuple(dest.shape)}"
+                )
+            dest.copy_(tensor)
