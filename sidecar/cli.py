@@ -1,0 +1,99 @@
+"""`remora` command line: encode and score from the shell, and a demo of the default model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from remora.core.defaults import DEFAULT_MODEL_ID
+from remora.core.errors import RemoraError
+
+
+def _engine(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from remora.core.engine import Engine
+    from remora.sidecar.settings import engine_settings
+
+    engine = Engine(engine_settings())
+    if args.model_path:
+        engine.register(args.model, args.model_path)
+    return engine
+
+
+def _encode(args: argparse.Namespace) -> int:
+    engine = _engine(args)
+    vectors = engine.encode(args.model, args.texts, is_query=args.query, truncate=not args.reject_long)
+    for vector in vectors:
+        print(json.dumps([round(float(x), 7) for x in vector]))
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    engine = _engine(args)
+    scores = engine.score(args.model, args.query, args.documents, truncate=not args.reject_long)
+    for doc, score in sorted(zip(args.documents, scores, strict=True), key=lambda p: -p[1]):
+        print(f"{score:.6f}\t{doc}")
+    return 0
+
+
+DEMO_DOCS = (
+    "Remora runs embedders and rerankers as a sidecar next to your vector database.",
+    "Tokens are packed without padding, so no compute is spent on pad positions.",
+    "The sea otter uses rocks to crack open shellfish.",
+    "Qdrant, Chroma, Weaviate and LanceDB can call Remora to vectorize text on write and query.",
+)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    engine = _engine(args)
+    query = args.query_text
+    docs = engine.encode(args.model, list(DEMO_DOCS))
+    q = engine.encode(args.model, [query], is_query=True)[0]
+    model = engine.model(args.model)
+    print(f"model {model.spec.id} ({model.architecture}, {model.dim}-d, attention: {engine.runtime.attention.name})")
+    print(f"query: {query}")
+    for doc, sim in sorted(zip(DEMO_DOCS, docs @ q, strict=True), key=lambda p: -p[1]):
+        print(f"  {sim:+.4f}  {doc}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="remora", description="Small-model inference beside your vector database.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def model_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", default=DEFAULT_MODEL_ID, help="model id (default: %(default)s)")
+        p.add_argument("--model-path", help="register this local model directory under --model first")
+        p.add_argument("--reject-long", action="store_true", help="fail on over-long input instead of truncating")
+
+    enc = sub.add_parser("encode", help="print one JSON vector per text")
+    enc.add_argument("texts", nargs="+")
+    enc.add_argument("--query", action="store_true", help="encode as queries (applies the query prompt)")
+    model_args(enc)
+    enc.set_defaults(run=_encode)
+
+    sco = sub.add_parser("score", help="score documents against a query with a cross-encoder")
+    sco.add_argument("query")
+    sco.add_argument("documents", nargs="+")
+    model_args(sco)
+    sco.set_defaults(run=_score)
+
+    demo = sub.add_parser("demo", help="rank a few passages against a query with the default model")
+    demo.add_argument("query_text", nargs="?", default="How does Remora avoid wasting compute on padding?")
+    model_args(demo)
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except RemoraError as exc:
+        print(f"remora: {exc.code}: {exc.message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
