@@ -180,3 +180,21 @@ class Engine:
         docs = _texts(documents, "documents")
         model = self.model(model_id)
         return model.score(query, docs, truncate=truncate, apply_activation=apply_activation)
+
+    def score_pairs(
+        self,
+        model_id: str,
+        pairs: Sequence[tuple[str, str]],
+        *,
+        truncate: bool = True,
+        apply_activation: bool = True,
+    ) -> np.ndarray:
+        """Any sequence-pair classifier: [N, num_labels] float32 (activated as the model says)."""
+        firsts, seconds = [], []
+        for index, pair in enumerate(pairs):
+            if not (isinstance(pair, tuple | list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
+                raise InvalidInput(f"pairs[{index}] is not a pair of strings")
+            firsts.append(pair[0])
+            seconds.append(pair[1])
+        model = self.model(model_id)
+        return model.score_pairs(firsts, seconds, truncate=truncate, apply_activation=apply_activation)

@@ -141,8 +141,19 @@ class LoadedModel:
     def score(
         self, query: str, documents: Sequence[str], *, truncate: bool = True, apply_activation: bool = True
     ) -> np.ndarray:
-        """(query, document) pairs -> [N] float32 relevance (the first label for multi-label heads)."""
-        return self.score_pairs([query] * len(documents), documents, truncate=truncate, apply_activation=apply_activation)[:, 0]
+        """(query, document) pairs -> [N] float32 relevance, from a single-label cross-encoder."""
+        if self.num_labels != 1:
+            raise UnsupportedTask(
+                f"model {self.spec.id!r} has {self.num_labels} labels, not one relevance score; "
+                "use score_pairs for per-label scores"
+            )
+        queries = [query] * len(documents)
+        return self.score_pairs(queries, documents, truncate=truncate, apply_activation=apply_activation)[:, 0]
+
+    @property
+    def num_labels(self) -> int:
+        head = self.module.head
+        return 0 if head is None else int(head.num_labels)
 
     def score_pairs(
         self, queries: Sequence[str], documents: Sequence[str], *, truncate: bool = True, apply_activation: bool = True
@@ -152,13 +163,11 @@ class LoadedModel:
         if head is None or "score" not in (self.spec.tasks or ()):
             raise UnsupportedTask(f"model {self.spec.id!r} ({self.architecture}) does not score pairs")
         tokens = self.tokenizer.encode_pairs(queries, documents, truncate=truncate)
-        out: np.ndarray | None = None
+        out = np.empty((len(queries), self.num_labels), dtype=np.float32)
         for index, logits in self._run(tokens, head):
             activated = self._score_activation(logits.float()) if apply_activation else logits.float()
-            if out is None:
-                out = np.empty((len(queries), activated.shape[1]), dtype=np.float32)
             out[index] = activated.cpu().numpy()
-        return out if out is not None else np.empty((0, 1), dtype=np.float32)
+        return out
 
     # -- shared path ----------------------------------------------------------------------
 

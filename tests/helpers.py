@@ -47,7 +47,7 @@ def write_bpe_tokenizer(target: Path, *, vocab_size: int = 400) -> int:
         vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
     tok.train_from_iterator(BPE_TRAINING_TEXT * 4, trainer=trainer)
-    tok.post_processor = processors.RobertaProcessing(sep=("</s>", 2), cls=("<s>", 0))
+    tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<s>",
@@ -57,7 +57,7 @@ def write_bpe_tokenizer(target: Path, *, vocab_size: int = 400) -> int:
         pad_token="<pad>",
         unk_token="<unk>",
         mask_token="<mask>",
-        model_max_length=512,
+        model_max_length=128,  # the tiny configs hold 128 positions
     )
     fast.save_pretrained(str(target))
     return int(tok.get_vocab_size())

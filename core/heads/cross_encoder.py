@@ -25,6 +25,7 @@ class BertClassificationHead(nn.Module):
 
     def __init__(self, hidden_size: int, num_labels: int) -> None:
         super().__init__()
+        self.num_labels = num_labels
         self.pooler = Linear(hidden_size, hidden_size)
         self.classifier = Linear(hidden_size, num_labels)
 
@@ -46,6 +47,7 @@ class RobertaClassificationHead(nn.Module):
 
     def __init__(self, hidden_size: int, num_labels: int) -> None:
         super().__init__()
+        self.num_labels = num_labels
         self.dense = Linear(hidden_size, hidden_size)
         self.out_proj = Linear(hidden_size, num_labels)
 
