@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from corpus import mixed_corpus  # benchmarks/corpus.py: this script's folder is on sys.path
+
 from remora.core import Engine, EngineSettings
 from remora.core.batcher import plan_batches
 from remora.core.defaults import DEFAULT_MODEL_ID, default_model_dir

@@ -78,6 +78,7 @@ class LoadedModel:
         self.pooler = Pooler(spec.pooling or ("mean",), include_prompt=bool(spec.include_prompt))
         self._score_activation = module_act(score_activation)
         self._prompt_lengths: dict[str, int] = {}
+        self.num_labels = int(getattr(module.head, "num_labels", 0))
 
     @property
     def dim(self) -> int:
@@ -120,12 +121,14 @@ class LoadedModel:
         return out
 
     def _post(self, pooled: torch.Tensor, normalize_output: bool | None) -> torch.Tensor:
-        for step in self.post:
-            if isinstance(step, DenseStep):
-                pooled = step(pooled)
-            elif normalize_output is None:
-                pooled = normalize(pooled)
-        if normalize_output:
+        """Dense / Normalize modules in the model's order. `normalize_output` decides only the
+        final normalisation; a Normalize that feeds a Dense is part of the model and always runs."""
+        steps = self.post
+        trailing = bool(steps) and steps[-1] == "normalize"
+        body = steps[:-1] if trailing else steps
+        for step in body:
+            pooled = step(pooled) if isinstance(step, DenseStep) else normalize(pooled)
+        if normalize_output or (normalize_output is None and trailing):
             pooled = normalize(pooled)
         return pooled
 
@@ -150,10 +153,6 @@ class LoadedModel:
         queries = [query] * len(documents)
         return self.score_pairs(queries, documents, truncate=truncate, apply_activation=apply_activation)[:, 0]
 
-    @property
-    def num_labels(self) -> int:
-        head = self.module.head
-        return 0 if head is None else int(head.num_labels)
 
     def score_pairs(
         self, queries: Sequence[str], documents: Sequence[str], *, truncate: bool = True, apply_activation: bool = True
@@ -196,18 +195,21 @@ def _num_labels(config: dict[str, Any]) -> int:
 def _resolve_spec(spec: ModelSpec, arch: Architecture, st: StConfig, config: dict[str, Any], max_tokens: int) -> ModelSpec:
     max_len = spec.max_seq_len or st.max_seq_length or tokenizer_max_length(spec.path) or max_tokens
     prompts = st.prompts
-    default = prompts.get(st.default_prompt_name or "") if st.default_prompt_name else None
-    document = next((prompts[k] for k in ("document", "passage", "corpus") if prompts.get(k)), None)
+    # As sentence-transformers' encode_query / encode_document: a prompt present under the
+    # task's key wins even when empty; only a missing key falls back to default_prompt_name.
+    default = prompts.get(st.default_prompt_name) if st.default_prompt_name else None
+    query = prompts["query"] if "query" in prompts else default
+    document = next((prompts[k] for k in ("document", "passage", "corpus") if k in prompts), default)
     return dataclasses.replace(
         spec,
-        tasks=spec.tasks or (arch.task,),  # type: ignore[arg-type]
+        tasks=spec.tasks or (arch.task,),
         pooling=spec.pooling or st.pooling or ("mean",),
         include_prompt=st.include_prompt if spec.include_prompt is None else spec.include_prompt,
-        normalize=any(s.kind == "normalize" for s in st.post) if spec.normalize is None else spec.normalize,
+        normalize=bool(st.post) and st.post[-1].kind == "normalize" if spec.normalize is None else spec.normalize,
         # Never past what the position table holds, whatever the configs claim.
         max_seq_len=min(max_len, max_tokens),
-        query_prompt=spec.query_prompt if spec.query_prompt is not None else (prompts.get("query") or default),
-        document_prompt=spec.document_prompt if spec.document_prompt is not None else (document or default),
+        query_prompt=spec.query_prompt if spec.query_prompt is not None else query,
+        document_prompt=spec.document_prompt if spec.document_prompt is not None else document,
     )
 
 
@@ -264,9 +266,12 @@ def load_model(spec: ModelSpec, runtime: Runtime) -> LoadedModel:
             if step.kind == "dense":
                 assert step.path is not None
                 post.append(DenseStep.load(step.path).to(runtime.device).eval())
-            elif resolved.normalize:
+            else:
                 post.append("normalize")
-        if resolved.normalize and "normalize" not in post:
+        # The spec's `normalize` decides the final normalisation only.
+        if post and post[-1] == "normalize" and not resolved.normalize:
+            post.pop()
+        elif resolved.normalize and (not post or post[-1] != "normalize"):
             post.append("normalize")
         tokenizer = TextTokenizer(path, max_len=int(resolved.max_seq_len or encoder.max_tokens), lowercase=st.lowercase)
         return LoadedModel(

@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import nn
 
+from remora.core.config import Task
 from remora.core.errors import UnsupportedArchitecture
 from remora.core.layers.attention import Attention
 
@@ -24,7 +25,7 @@ FAMILIES: dict[str, str] = {
 @dataclass(frozen=True)
 class Architecture:
     family: str
-    task: str  # "encode" or "score"
+    task: Task
     head: str | None = None  # classification head for "score": "bert" or "roberta"
     # Checkpoint tensors this architecture carries that its task does not use (an MLM head).
     unused: tuple[str, ...] = ()

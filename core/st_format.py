@@ -75,7 +75,7 @@ def read_st_config(model_dir: Path) -> StConfig:
     bert_config = _maybe_json(model_dir / "sentence_bert_config.json")
     st_config = _maybe_json(model_dir / "config_sentence_transformers.json")
     prompts = st_config.get("prompts") or {}
-    common = {
+    common: dict[str, Any] = {
         "max_seq_length": bert_config.get("max_seq_length"),
         "lowercase": bool(bert_config.get("do_lower_case", False)),
         "prompts": {str(k): str(v) for k, v in prompts.items()},

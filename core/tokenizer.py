@@ -11,6 +11,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Encoding, Tokenizer
 from tokenizers.normalizers import Lowercase
@@ -63,7 +64,7 @@ class TextTokenizer:
         ids = self._full.encode(prompt).ids
         return len(ids) - 1 if ids and ids[-1] in self.special_ids else len(ids)
 
-    def _run(self, inputs: list, *, truncate: bool) -> Tokenized:  # type: ignore[type-arg]
+    def _run(self, inputs: list[Any], *, truncate: bool) -> Tokenized:
         tokenizer = self._truncating if truncate else self._full
         encodings: list[Encoding] = tokenizer.encode_batch(inputs, add_special_tokens=True)
         ids = [e.ids for e in encodings]

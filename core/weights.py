@@ -124,6 +124,18 @@ def _listing(names: Iterable[str], limit: int = 8) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
+def _check_fused_shapes(checkpoint: Checkpoint, source: Fuse, dest: tuple[int, ...], target: str, where: str) -> None:
+    """Each fused part must be an equal slice of the destination, so errors name the culprit."""
+    size = dest[source.dim] // len(source.sources)
+    part = dest[: source.dim] + (size,) + dest[source.dim + 1 :]
+    for name in source.sources:
+        shape = checkpoint.shape(name)
+        if shape != part:
+            raise WeightsError(
+                f"checkpoint {where}: tensor {name!r} has shape {shape}, but {target} needs {part} from it"
+            )
+
+
 def load_weights(
     module: torch.nn.Module,
     checkpoint: Checkpoint,
@@ -149,8 +161,14 @@ def load_weights(
     with torch.no_grad():
         for target, dest in state.items():
             source = table[target]
+            if isinstance(source, Fuse):
+                _check_fused_shapes(checkpoint, source, tuple(dest.shape), target, where)
             parts = [checkpoint.tensor(s) for s in _sources(source)]
-            tensor = parts[0] if len(parts) == 1 else torch.cat(parts, dim=source.dim)  # type: ignore[union-attr]
+            tensor = torch.cat(parts, dim=source.dim) if isinstance(source, Fuse) else parts[0]
+            if tensor.is_floating_point() != dest.is_floating_point():
+                raise WeightsError(
+                    f"checkpoint {where}: tensor {_sources(source)} has dtype {tensor.dtype}, but {target} is {dest.dtype}"
+                )
             if tuple(tensor.shape) != tuple(dest.shape):
                 raise WeightsError(
                     f"checkpoint {where}: tensor {_sources(source)} has shape {tuple(tensor.shape)}, "

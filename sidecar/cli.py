@@ -8,11 +8,11 @@ import sys
 from collections.abc import Sequence
 
 from remora.core.defaults import DEFAULT_MODEL_ID
+from remora.core.engine import Engine
 from remora.core.errors import RemoraError
 
 
-def _engine(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from remora.core.engine import Engine
+def _engine(args: argparse.Namespace) -> Engine:
     from remora.sidecar.settings import engine_settings
 
     engine = Engine(engine_settings())

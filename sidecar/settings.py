@@ -34,7 +34,7 @@ def engine_settings(environ: Mapping[str, str] | None = None) -> EngineSettings:
     roots = tuple(Path(p) for p in env.get("REMORA_MODEL_ROOTS", "").split(os.pathsep) if p)
     return EngineSettings(
         device=env.get("REMORA_DEVICE", "auto") or "auto",
-        attention=env.get("REMORA_ATTENTION", "auto") or "auto",  # type: ignore[arg-type]
+        attention=env.get("REMORA_ATTENTION", "auto") or "auto",
         num_threads=_int(env, "REMORA_THREADS"),
         max_batch_tokens=_int(env, "REMORA_MAX_BATCH_TOKENS"),
         model_roots=roots,

@@ -9,9 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from remora.core.layers.uninit import Linear
-
 from remora.core.batch import PackedBatch
+from remora.core.layers.uninit import Linear
 from remora.core.weights import Source
 
 

@@ -7,9 +7,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from remora.core.layers.uninit import Linear
-
 from remora.core.layers.activations import Activation, module_act
+from remora.core.layers.uninit import Linear
 from remora.core.st_format import read_json
 from remora.core.weights import Checkpoint, load_weights
 

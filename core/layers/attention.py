@@ -18,6 +18,7 @@ Backends:
 from __future__ import annotations
 
 import importlib.util
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -72,7 +73,7 @@ def eager_attention(
 ) -> torch.Tensor:
     out = torch.empty_like(q)
     bounds = batch.cu_seqlens.tolist()
-    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+    for start, end in itertools.pairwise(bounds):
         # [n, H, D] -> [H, n, D]; scores in fp32 whatever the model dtype.
         qs, ks, vs = (x[start:end].transpose(0, 1).float() for x in (q, k, v))
         scores = torch.matmul(qs, ks.transpose(1, 2)) * scale  # [H, n, n]
@@ -101,7 +102,7 @@ def cpu_attention(
 ) -> torch.Tensor:
     out = torch.empty_like(q)
     bounds = batch.cu_seqlens.tolist()
-    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+    for start, end in itertools.pairwise(bounds):
         n = end - start
         # [n, H, D] -> [H, n, D]
         qs, ks, vs = (x[start:end].transpose(0, 1) for x in (q, k, v))
@@ -145,7 +146,7 @@ def sdpa_attention(
     scale: float,
     causal: bool = False,
 ) -> torch.Tensor:
-    total, heads, dim = q.shape
+    heads, dim = q.shape[1:]
     num_seqs, max_len = batch.num_seqs, batch.max_len
     if num_seqs == 1:
         # One sequence: nothing to pad. [T, H, D] -> [1, H, T, D]

@@ -13,11 +13,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from remora.core.layers.uninit import Embedding, LayerNorm, Linear
-
 from remora.core.batch import PackedBatch
 from remora.core.layers.activations import hidden_act
 from remora.core.layers.attention import Attention
+from remora.core.layers.uninit import Embedding, LayerNorm, Linear
 from remora.core.weights import Fuse, Source
 
 

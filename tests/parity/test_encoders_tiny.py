@@ -6,6 +6,7 @@ attention backend. transformers runs the same ids padded with an attention mask.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,13 @@ import torch
 
 from remora.core import Engine, EngineSettings
 from remora.core.batch import pack
-from tests.helpers import randomize_layernorms, save_tiny, tiny_bert_config, tiny_xlmr_config, write_bpe_tokenizer
+from tests.helpers import (
+    randomize_layernorms,
+    save_tiny,
+    tiny_bert_config,
+    tiny_xlmr_config,
+    write_bpe_tokenizer,
+)
 
 ATOL = 1e-5
 BACKENDS = ("eager", "cpu", "sdpa")
@@ -44,7 +51,7 @@ def remora_hidden(model_dir: Path, backend: str, ids: list[list[int]], types: li
     with torch.inference_mode():
         hidden = loaded.module.encoder(batch)
     bounds = batch.cu_seqlens.tolist()
-    return [hidden[s:e] for s, e in zip(bounds[:-1], bounds[1:], strict=True)]
+    return [hidden[s:e] for s, e in itertools.pairwise(bounds)]
 
 
 def random_ids(gen: torch.Generator, lengths: list[int], vocab: int, low: int = 5) -> list[list[int]]:

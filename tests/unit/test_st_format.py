@@ -38,7 +38,10 @@ def modules(*entries: tuple[str, str]) -> list[dict[str, Any]]:
 
 
 def write_pooling_dir(model_dir: Path, pooling: dict[str, Any], *extra: tuple[str, str]) -> None:
-    write_json(model_dir / "modules.json", modules((LEGACY + "Transformer", ""), (LEGACY + "Pooling", "1_Pooling"), *extra))
+    write_json(
+        model_dir / "modules.json",
+        modules((LEGACY + "Transformer", ""), (LEGACY + "Pooling", "1_Pooling"), *extra),
+    )
     write_json(model_dir / "1_Pooling" / "config.json", {"word_embedding_dimension": 64, **pooling})
 
 
@@ -100,7 +103,11 @@ def assert_close(ours: np.ndarray, theirs: Any) -> None:
         # Several: sentence-transformers' concatenation order, whatever the order in the file.
         ({"pooling_mode_mean_tokens": True, "pooling_mode_cls_token": True}, ("cls", "mean")),
         (
-            {"pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": True, "pooling_mode_cls_token": True},
+            {
+                "pooling_mode_mean_tokens": True,
+                "pooling_mode_max_tokens": True,
+                "pooling_mode_cls_token": True,
+            },
             ("cls", "max", "mean"),
         ),
     ],
@@ -154,7 +161,10 @@ def test_pooling_read_into_the_engine_spec(tiny: Path) -> None:
 
 def test_dense_then_normalize(tmp_path: Path) -> None:
     write_pooling_dir(
-        tmp_path, {"pooling_mode": "mean"}, (LEGACY + "Dense", "2_Dense"), (LEGACY + "Normalize", "3_Normalize")
+        tmp_path,
+        {"pooling_mode": "mean"},
+        (LEGACY + "Dense", "2_Dense"),
+        (LEGACY + "Normalize", "3_Normalize"),
     )
     assert read_st_config(tmp_path).post == (PostStep("dense", tmp_path / "2_Dense"), PostStep("normalize"))
 
@@ -207,7 +217,7 @@ def test_unsupported_module_type_is_named(tmp_path: Path, kind: str) -> None:
 
 def test_unsupported_module_refuses_the_model(tiny: Path) -> None:
     write_pooling_dir(tiny, {"pooling_mode": "mean"}, (LEGACY + "CNN", "2_CNN"))
-    with pytest.raises(UnsupportedArchitecture, match="sentence_transformers.models.CNN"):
+    with pytest.raises(UnsupportedArchitecture, match=r"sentence_transformers\.models\.CNN"):
         engine_for(tiny).model("x")
 
 
@@ -218,7 +228,9 @@ def test_unreadable_modules_json(tmp_path: Path) -> None:
 
 
 def test_pooling_module_without_config(tmp_path: Path) -> None:
-    write_json(tmp_path / "modules.json", modules((LEGACY + "Transformer", ""), (LEGACY + "Pooling", "1_Pooling")))
+    write_json(
+        tmp_path / "modules.json", modules((LEGACY + "Transformer", ""), (LEGACY + "Pooling", "1_Pooling"))
+    )
     with pytest.raises(ModelLoadError, match="1_Pooling"):
         read_st_config(tmp_path)
 
@@ -258,7 +270,9 @@ def test_prompts_and_default_prompt_name_are_read(tmp_path: Path) -> None:
         ({}, None, None),
     ],
 )
-def test_prompt_resolution(tiny: Path, st_config: dict[str, Any], query: str | None, document: str | None) -> None:
+def test_prompt_resolution(
+    tiny: Path, st_config: dict[str, Any], query: str | None, document: str | None
+) -> None:
     write_json(tiny / "config_sentence_transformers.json", st_config)
     model = engine_for(tiny).model("x")
     assert model.spec.query_prompt == query
@@ -434,7 +448,12 @@ def test_hand_written_legacy_directory(tiny: Path, st_module: Any) -> None:
 
     engine = engine_for(tiny)
     spec = engine.model("x").spec
-    assert (spec.pooling, spec.normalize, spec.max_seq_len, spec.query_prompt) == (("cls", "mean"), True, 24, "Query: ")
+    assert (spec.pooling, spec.normalize, spec.max_seq_len, spec.query_prompt) == (
+        ("cls", "mean"),
+        True,
+        24,
+        "Query: ",
+    )
     reference = st_model(st_module, tiny)
     queries = engine.encode("x", TEXTS, is_query=True)
     np.testing.assert_allclose(np.linalg.norm(queries, axis=1), 1.0, atol=1e-5)
@@ -476,26 +495,18 @@ def test_normalize_then_dense_follows_the_model(tiny_src: Path, tmp_path: Path, 
     assert float(np.abs(np.linalg.norm(vectors, axis=1) - 1.0).max()) > 1e-3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: LoadedModel._post skips every Normalize module of the model when normalize=True "
-    "(and load_model drops them when normalize=False), so a Normalize *before* a Dense is lost and "
-    "normalize=True differs from sentence-transformers' encode(normalize_embeddings=True)",
-)
-def test_normalize_true_keeps_a_normalize_before_dense(tiny_src: Path, tmp_path: Path, st_module: Any) -> None:
+def test_normalize_true_keeps_a_normalize_before_dense(
+    tiny_src: Path, tmp_path: Path, st_module: Any
+) -> None:
     out = tmp_path / "st"
     _normalize_then_dense(tiny_src, out, st_module)
     vectors = engine_for(out).encode("x", TEXTS, normalize=True)
     assert_close(vectors, st_model(st_module, out).encode(TEXTS, normalize_embeddings=True))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: _resolve_spec picks prompts by truthiness (`prompts.get('query') or default`), "
-    "so an explicitly empty query/document prompt (sentence-transformers 6 always saves both) falls "
-    "back to default_prompt_name, which encode_query/encode_document never do",
-)
-def test_explicit_empty_prompt_beats_default_prompt_name(tiny_src: Path, tmp_path: Path, st_module: Any) -> None:
+def test_explicit_empty_prompt_beats_default_prompt_name(
+    tiny_src: Path, tmp_path: Path, st_module: Any
+) -> None:
     from sentence_transformers.sentence_transformer import modules as st_modules
 
     out = tmp_path / "st"

@@ -86,7 +86,9 @@ def test_exactly_max_len_is_accepted_without_truncation() -> None:
 
 
 @pytest.mark.parametrize(("index", "extra"), [(0, 1), (2, 1), (1, 30)])
-def test_too_long_without_truncation_names_index_and_length(hf_tokenizer: Any, index: int, extra: int) -> None:
+def test_too_long_without_truncation_names_index_and_length(
+    hf_tokenizer: Any, index: int, extra: int
+) -> None:
     texts = [SHORT, words(5), words(3)]
     texts[index] = words(14 + extra)
     expected_len = len(hf_tokenizer(texts[index])["input_ids"])
