@@ -198,7 +198,7 @@ def _resolve_spec(spec: ModelSpec, arch: Architecture, st: StConfig, config: dic
     # As sentence-transformers' encode_query / encode_document: a prompt present under the
     # task's key wins even when empty; only a missing key falls back to default_prompt_name.
     default = prompts.get(st.default_prompt_name) if st.default_prompt_name else None
-    query = prompts["query"] if "query" in prompts else default
+    query = prompts.get("query", default)
     document = next((prompts[k] for k in ("document", "passage", "corpus") if k in prompts), default)
     return dataclasses.replace(
         spec,

@@ -127,7 +127,7 @@ def _listing(names: Iterable[str], limit: int = 8) -> str:
 def _check_fused_shapes(checkpoint: Checkpoint, source: Fuse, dest: tuple[int, ...], target: str, where: str) -> None:
     """Each fused part must be an equal slice of the destination, so errors name the culprit."""
     size = dest[source.dim] // len(source.sources)
-    part = dest[: source.dim] + (size,) + dest[source.dim + 1 :]
+    part = (*dest[: source.dim], size, *dest[source.dim + 1 :])
     for name in source.sources:
         shape = checkpoint.shape(name)
         if shape != part:
