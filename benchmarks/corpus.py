@@ -22,11 +22,21 @@ from pathlib import Path
 
 # Folders that hold tests, demos or vendored wheels: little prose, and slow to parse.
 _SKIP_DIRS = frozenset(
-    {"site-packages", "dist-packages", "test", "tests", "idle_test", "turtledemo", "ensurepip", "lib2to3", "__pycache__"}
+    {
+        "site-packages",
+        "dist-packages",
+        "test",
+        "tests",
+        "idle_test",
+        "turtledemo",
+        "ensurepip",
+        "lib2to3",
+        "__pycache__",
+    }
 )
 _DOC_NODES = (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
 
-# reST/markdown markup that is not prose: roles (:func:`x`), literals (``x``), trailing "::".
+# reST markup kept as its text: roles (:func:`x` -> x) and literals (``x`` -> x).
 _ROLE = re.compile(r":[a-z]+(?::[a-z]+)?:`~?([^`]*)`")
 _LITERAL = re.compile(r"``([^`]*)``|`([^`]*)`")
 _SENTENCE_END = re.compile(r"[.!?]$")
@@ -160,7 +170,9 @@ if __name__ == "__main__":
     buckets = {"<20": sum(c < 20 for c in counts), "20-90": sum(20 <= c <= 90 for c in counts)}
     buckets[">90"] = len(counts) - sum(buckets.values())
     print(f"{len(corpus)} texts, {len(set(corpus))} distinct, {len(_paragraphs())} source paragraphs")
-    print(f"words: median {statistics.median(counts)}, mean {statistics.fmean(counts):.1f}, max {max(counts)}")
+    print(
+        f"words: median {statistics.median(counts)}, mean {statistics.fmean(counts):.1f}, max {max(counts)}"
+    )
     print("buckets:", {k: f"{v / len(counts):.0%}" for k, v in buckets.items()})
     for text in corpus[:6]:
         print("-", text[:160])
