@@ -21,7 +21,8 @@ from remora.core.config import EngineSettings, ModelSpec
 from remora.core.defaults import DEFAULT_MODEL_ALIASES, DEFAULT_MODEL_ID, INSTALL_HINT, default_model_dir
 from remora.core.errors import InvalidInput, ModelLoadError, ModelNotFound, PathNotAllowed
 from remora.core.layers.attention import select_attention
-from remora.core.model import LoadedModel, Runtime, load_model
+from remora.core.loader import load_model
+from remora.core.model import LoadedModel, Runtime
 
 _SPEC_OPTIONS = {
     "tasks",

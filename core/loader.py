@@ -1,0 +1,147 @@
+"""Turn a ModelSpec into a LoadedModel.
+
+Every field of the spec left unset is resolved from the model directory: sentence-transformers
+files first, then config.json and tokenizer_config.json. Weights go through the architecture's
+name table, strictly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from remora.core.config import ModelSpec
+from remora.core.errors import ModelLoadError, WeightsError
+from remora.core.heads.cross_encoder import BertClassificationHead, RobertaClassificationHead
+from remora.core.heads.dense import DenseStep
+from remora.core.model import LoadedModel, Runtime, TextModel
+from remora.core.registry import Architecture, build_encoder, resolve
+from remora.core.st_format import StConfig, read_json, read_st_config, tokenizer_max_length
+from remora.core.tokenizer import TextTokenizer
+from remora.core.weights import Checkpoint, expand, load_weights, prefixed
+
+HEADS: dict[str, type[BertClassificationHead] | type[RobertaClassificationHead]] = {
+    "bert": BertClassificationHead,
+    "roberta": RobertaClassificationHead,
+}
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+
+def _num_labels(config: dict[str, Any]) -> int:
+    id2label = config.get("id2label")
+    if isinstance(id2label, dict) and id2label:
+        return len(id2label)
+    return int(config.get("num_labels", 2))
+
+
+def _resolve_spec(spec: ModelSpec, arch: Architecture, st: StConfig, config: dict[str, Any], max_tokens: int) -> ModelSpec:
+    max_len = spec.max_seq_len or st.max_seq_length or tokenizer_max_length(spec.path) or max_tokens
+    prompts = st.prompts
+    # As sentence-transformers' encode_query / encode_document: a prompt present under the
+    # task's key wins even when empty; only a missing key falls back to default_prompt_name.
+    default = prompts.get(st.default_prompt_name) if st.default_prompt_name else None
+    query = prompts.get("query", default)
+    document = next((prompts[k] for k in ("document", "passage", "corpus") if k in prompts), default)
+    return dataclasses.replace(
+        spec,
+        tasks=spec.tasks or (arch.task,),
+        pooling=spec.pooling or st.pooling or ("mean",),
+        include_prompt=st.include_prompt if spec.include_prompt is None else spec.include_prompt,
+        normalize=bool(st.post) and st.post[-1].kind == "normalize" if spec.normalize is None else spec.normalize,
+        # Never past what the position table holds, whatever the configs claim.
+        max_seq_len=min(max_len, max_tokens),
+        query_prompt=spec.query_prompt if spec.query_prompt is not None else query,
+        document_prompt=spec.document_prompt if spec.document_prompt is not None else document,
+    )
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name != "auto":
+        return DTYPES[name]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def load_model(spec: ModelSpec, runtime: Runtime) -> LoadedModel:
+    path = Path(spec.path)
+    if not path.is_dir():
+        raise ModelLoadError(f"model directory {path} does not exist")
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"{path} has no config.json")
+    config = read_json(path / "config.json")
+    arch_name, arch = resolve(config)
+    st = read_st_config(path)
+    checkpoint = Checkpoint.from_dir(path)
+
+    try:
+        # Parameters are allocated uninitialised, directly on the device; loading fills them all.
+        with runtime.device:
+            encoder = build_encoder(arch.family, config, runtime.attention)
+            head = None
+            if arch.head is not None:
+                head = HEADS[arch.head](encoder.hidden_size, _num_labels(config))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ModelLoadError(f"cannot build {arch_name} from {path / 'config.json'}: {exc!r}") from exc
+    module = TextModel(encoder, head)
+
+    names = checkpoint.names()
+    prefix = next((p for p in encoder.prefixes if f"{p}embeddings.word_embeddings.weight" in names), None)
+    if prefix is None:
+        raise WeightsError(
+            f"checkpoint in {path} is missing tensors 'embeddings.word_embeddings.weight' "
+            f"(looked under prefixes {list(encoder.prefixes)})"
+        )
+    table = {f"encoder.{k}": v for k, v in prefixed(expand(encoder.weight_table(), encoder.args.num_layers), prefix).items()}
+    drop = [prefix + name for name in encoder.unused] + list(arch.unused)
+    if head is not None:
+        table.update({f"head.{k}": v for k, v in head.weight_table(prefix).items()})
+        drop = [d for d in drop if d not in table.values()]
+    load_weights(module, checkpoint, table, drop=drop, where=str(path))
+
+    dtype = resolve_dtype(spec.dtype, runtime.device)
+    module.to(dtype=dtype).eval()
+    resolved = _resolve_spec(spec, arch, st, config, encoder.max_tokens)
+    post: list[DenseStep | str] = []
+    try:
+        for step in st.post:
+            if step.kind == "dense":
+                assert step.path is not None
+                post.append(DenseStep.load(step.path).to(runtime.device).eval())
+            else:
+                post.append("normalize")
+        # The spec's `normalize` decides the final normalisation only.
+        if post and post[-1] == "normalize" and not resolved.normalize:
+            post.pop()
+        elif resolved.normalize and (not post or post[-1] != "normalize"):
+            post.append("normalize")
+        tokenizer = TextTokenizer(path, max_len=int(resolved.max_seq_len or encoder.max_tokens), lowercase=st.lowercase)
+        return LoadedModel(
+            resolved,
+            arch_name,
+            module,
+            tokenizer,
+            post,
+            runtime,
+            score_activation=_score_activation(arch, st, config, head),
+        )
+    except ValueError as exc:
+        raise ModelLoadError(f"cannot load {path}: {exc}") from exc
+
+
+def _score_activation(arch: Architecture, st: StConfig, config: dict[str, Any], head: nn.Module | None) -> str | None:
+    """The activation sentence-transformers' CrossEncoder applies: saved in the model, else
+    sigmoid for a single label and none for several."""
+    if head is None:
+        return None
+    saved = (config.get("sentence_transformers") or {}).get("activation_fn") or st.activation_fn
+    saved = saved or config.get("sbert_ce_default_activation_function")
+    if saved:
+        return str(saved)
+    return "torch.nn.modules.activation.Sigmoid" if _num_labels(config) == 1 else None
