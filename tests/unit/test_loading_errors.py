@@ -21,27 +21,9 @@ from safetensors.torch import load_file, save_file
 
 from remora.core import Engine, EngineSettings
 from remora.core.errors import ModelLoadError, PathNotAllowed, UnsupportedArchitecture, WeightsError
-from tests.helpers import randomize_layernorms, save_tiny, tiny_bert_config, write_json
+from tests.helpers import write_json
 
 TEXTS = ["hello world", "a second, somewhat longer sentence about remoras and sharks"]
-
-
-@pytest.fixture(scope="module")
-def tiny_src(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import BertModel
-
-    torch.manual_seed(0)
-    model = BertModel(tiny_bert_config())
-    randomize_layernorms(model)
-    return save_tiny(model.eval(), tmp_path_factory.mktemp("tiny") / "model")
-
-
-@pytest.fixture
-def tiny(tiny_src: Path, tmp_path: Path) -> Path:
-    """A private copy of the tiny model directory that a test may break."""
-    target = tmp_path / "model"
-    shutil.copytree(tiny_src, target)
-    return target
 
 
 def make_engine(**settings: object) -> Engine:

@@ -8,7 +8,6 @@ sentence-transformers itself cover the current one. Parity checks load the same 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from remora.core import Engine, EngineSettings
 from remora.core.errors import ModelLoadError, UnsupportedArchitecture
 from remora.core.st_format import PostStep, read_st_config, tokenizer_max_length
-from tests.helpers import randomize_layernorms, save_tiny, tiny_bert_config, write_json
+from tests.helpers import write_json
 
 LEGACY = "sentence_transformers.models."
 TEXTS = [
@@ -53,23 +52,6 @@ def engine_for(path: Path, **options: Any) -> Engine:
     engine = make_engine()
     engine.register("x", path, **options)
     return engine
-
-
-@pytest.fixture(scope="module")
-def tiny_src(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import BertModel
-
-    torch.manual_seed(0)
-    model = BertModel(tiny_bert_config())
-    randomize_layernorms(model)
-    return save_tiny(model.eval(), tmp_path_factory.mktemp("tiny") / "model")
-
-
-@pytest.fixture
-def tiny(tiny_src: Path, tmp_path: Path) -> Path:
-    target = tmp_path / "model"
-    shutil.copytree(tiny_src, target)
-    return target
 
 
 @pytest.fixture(scope="module")
