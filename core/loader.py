@@ -40,7 +40,7 @@ def _num_labels(config: dict[str, Any]) -> int:
     return int(config.get("num_labels", 2))
 
 
-def _resolve_spec(spec: ModelSpec, arch: Architecture, st: StConfig, config: dict[str, Any], max_tokens: int) -> ModelSpec:
+def _resolve_spec(spec: ModelSpec, arch: Architecture, st: StConfig, max_tokens: int) -> ModelSpec:
     max_len = spec.max_seq_len or st.max_seq_length or tokenizer_max_length(spec.path) or max_tokens
     prompts = st.prompts
     # As sentence-transformers' encode_query / encode_document: a prompt present under the
@@ -103,11 +103,11 @@ def load_model(spec: ModelSpec, runtime: Runtime) -> LoadedModel:
     if head is not None:
         table.update({f"head.{k}": v for k, v in head.weight_table(prefix).items()})
         drop = [d for d in drop if d not in table.values()]
+    # Cast before filling, so the checkpoint is copied straight into the run dtype.
+    module.to(dtype=resolve_dtype(spec.dtype, runtime.device)).eval()
     load_weights(module, checkpoint, table, drop=drop, where=str(path))
 
-    dtype = resolve_dtype(spec.dtype, runtime.device)
-    module.to(dtype=dtype).eval()
-    resolved = _resolve_spec(spec, arch, st, config, encoder.max_tokens)
+    resolved = _resolve_spec(spec, arch, st, encoder.max_tokens)
     post: list[DenseStep | str] = []
     try:
         for step in st.post:

@@ -113,3 +113,17 @@ def test_model_memory_is_accounted(engine: Engine) -> None:
     # 22.7M fp32 parameters (the pooler is not loaded for embedding).
     assert 85_000_000 < model.nbytes < 95_000_000
     assert model.dim == 384
+
+
+def test_low_precision_path_runs_and_stays_close(engine: Engine) -> None:
+    """bf16 weights and activations (what CUDA runs by default), checked on the CPU: pooling
+    still accumulates in fp32 and the vectors stay within cosine 0.995 of fp32."""
+    texts = ["a sentence about otters", "", "word " * 300, "中文 🦈"]
+    low = Engine(EngineSettings(register_defaults=False))
+    low.register("bf16", minilm_dir(), dtype="bfloat16")
+    got = low.encode("bf16", texts)
+    assert got.dtype == np.float32
+    assert next(low.model("bf16").module.parameters()).dtype.is_floating_point
+    assert str(next(low.model("bf16").module.parameters()).dtype) == "torch.bfloat16"
+    reference = engine.encode(DEFAULT_MODEL_ID, texts)
+    assert (got * reference).sum(1).min() >= 0.995
