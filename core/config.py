@@ -39,6 +39,8 @@ class EngineSettings:
     # activations in cache; larger budgets were measured slower there. GPUs want far more.
     max_batch_tokens: int | None = None
     max_batch_size: int = 256
+    # torch intra-op threads; None sizes the pool to the CPUs this process may use (affinity and
+    # cgroup quota), since an oversubscribed pool was measured 3x slower.
     num_threads: int | None = None
     # When set, every registered model path must resolve inside one of these directories.
     model_roots: tuple[Path, ...] = field(default_factory=tuple)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from remora.core.config import EngineSettings, ModelSpec
+from remora.core.cpus import usable_cpus
 from remora.core.defaults import DEFAULT_MODEL_ALIASES, DEFAULT_MODEL_ID, INSTALL_HINT, default_model_dir
 from remora.core.errors import InvalidInput, ModelLoadError, ModelNotFound, PathNotAllowed
 from remora.core.layers.attention import select_attention
@@ -62,8 +63,9 @@ class Engine:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
-        if self.settings.num_threads:
-            torch.set_num_threads(self.settings.num_threads)
+        threads = self.settings.num_threads or usable_cpus()
+        if self.device.type == "cpu" and threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
         self.runtime = Runtime(
             device=self.device,
             attention=select_attention(self.device, self.settings.attention),

@@ -2,7 +2,7 @@
 
 REMORA_DEVICE            cpu | cuda | cuda:N | auto (default auto)
 REMORA_ATTENTION         auto | flash | torch_varlen | sdpa | cpu | eager (default auto)
-REMORA_THREADS           torch intra-op threads (default: torch's own choice)
+REMORA_THREADS           torch intra-op threads (default: the CPUs this process may use: affinity, cgroup quota)
 REMORA_MAX_BATCH_TOKENS  real tokens per forward pass (default 2048 on CPU, 32768 on CUDA)
 REMORA_MODEL_ROOTS       colon-separated directories registered model paths must lie in
 """
