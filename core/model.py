@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from remora.core.batch import pack
+from remora.core.batch import PackedBatch, pack
 from remora.core.batcher import plan_batches
 from remora.core.config import ModelSpec
 from remora.core.errors import UnsupportedTask
@@ -153,7 +152,9 @@ class LoadedModel:
 
     # -- shared path ----------------------------------------------------------------------
 
-    def _run(self, tokens: Tokenized, head: Any) -> Any:
+    def _run(
+        self, tokens: Tokenized, head: Callable[[torch.Tensor, PackedBatch], torch.Tensor]
+    ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         """Yield (indices, head output) per planned batch: pack -> forward -> head."""
         runtime = self.runtime
         plan = plan_batches(tokens.lengths, max_tokens=runtime.max_batch_tokens, max_seqs=runtime.max_batch_size)

@@ -31,7 +31,8 @@ class Pooler:
         starts = batch.cu_seqlens[:-1].long()
         ends = batch.cu_seqlens[1:].long()
         skip = 0 if self.include_prompt else prompt_len
-        weights = self._token_weights(batch, skip)  # [T] fp32: 1 for pooled tokens, 0 otherwise
+        # [T] fp32: 1 for pooled tokens, 0 for prompt tokens excluded from pooling.
+        weights = (batch.position_ids >= skip).float()
         seq = batch.seq_index()
         h32 = hidden.float()
         outputs = []
@@ -59,13 +60,6 @@ class Pooler:
                 denom = counts.sqrt() if mode == "mean_sqrt_len_tokens" else counts
                 outputs.append(sums / denom[:, None])
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
-
-    @staticmethod
-    def _token_weights(batch: PackedBatch, skip: int) -> torch.Tensor:
-        weights = torch.ones(batch.num_tokens, device=batch.device)
-        if skip:
-            weights = (batch.position_ids >= skip).float()
-        return weights
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:

@@ -61,6 +61,24 @@ def random_ids(gen: torch.Generator, lengths: list[int], vocab: int, low: int = 
 LENGTHS = [1, 7, 33, 2, 64, 128, 15]
 
 
+def build_tiny_xlmr(target: Path, seed: int) -> tuple[torch.nn.Module, int]:
+    """A seeded XLMRobertaModel saved with its own trained BPE tokenizer; returns (model, vocab)."""
+    from transformers import XLMRobertaModel
+
+    target.mkdir()
+    vocab = write_bpe_tokenizer(target)
+    torch.manual_seed(seed)
+    model = XLMRobertaModel(tiny_xlmr_config(vocab), add_pooling_layer=False).eval()
+    randomize_layernorms(model)
+    save_tiny(model, target, tokenizer="none")
+    return model, vocab
+
+
+def assert_per_sequence(got: list[torch.Tensor], expected: list[torch.Tensor]) -> None:
+    for index, (e, g) in enumerate(zip(expected, got, strict=True)):
+        torch.testing.assert_close(g, e, atol=ATOL, rtol=0, msg=lambda m, i=index: f"sequence {i}: {m}")
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("act", ["gelu", "gelu_new", "relu"])
 def test_bert_matches_transformers(tmp_path: Path, backend: str, act: str) -> None:
@@ -74,43 +92,23 @@ def test_bert_matches_transformers(tmp_path: Path, backend: str, act: str) -> No
     ids = random_ids(gen, LENGTHS, 30522)
     # Segment ids as a pair would have them: 0 for the first part, 1 for the rest.
     types = [[0] * (n // 2) + [1] * (n - n // 2) for n in LENGTHS]
-    expected = reference_hidden(model, ids, types, pad_id=0)
-    got = remora_hidden(tmp_path / "bert", backend, ids, types)
-    for index, (e, g) in enumerate(zip(expected, got, strict=True)):
-        torch.testing.assert_close(g, e, atol=ATOL, rtol=0, msg=lambda m, i=index: f"sequence {i}: {m}")
+    assert_per_sequence(remora_hidden(tmp_path / "bert", backend, ids, types), reference_hidden(model, ids, types, pad_id=0))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_xlm_roberta_matches_transformers(tmp_path: Path, backend: str) -> None:
-    from transformers import XLMRobertaModel
-
     target = tmp_path / "xlmr"
-    target.mkdir()
-    vocab = write_bpe_tokenizer(target)
-    torch.manual_seed(0)
-    model = XLMRobertaModel(tiny_xlmr_config(vocab), add_pooling_layer=False).eval()
-    randomize_layernorms(model)
-    save_tiny(model, target, tokenizer="none")
-    gen = torch.Generator().manual_seed(2)
-    ids = random_ids(gen, LENGTHS, vocab)
-    expected = reference_hidden(model, ids, None, pad_id=1)
-    got = remora_hidden(target, backend, ids, None)
-    for index, (e, g) in enumerate(zip(expected, got, strict=True)):
-        torch.testing.assert_close(g, e, atol=ATOL, rtol=0, msg=lambda m, i=index: f"sequence {i}: {m}")
+    model, vocab = build_tiny_xlmr(target, seed=0)
+    ids = random_ids(torch.Generator().manual_seed(2), LENGTHS, vocab)
+    assert_per_sequence(remora_hidden(target, backend, ids, None), reference_hidden(model, ids, None, pad_id=1))
 
 
 def test_xlm_roberta_text_level_matches_sentence_transformers(tmp_path: Path) -> None:
     """Whole path from text: the BPE tokenizer with RoBERTa's template, positions from pad + 1."""
     from sentence_transformers import SentenceTransformer
-    from transformers import XLMRobertaModel
 
     target = tmp_path / "xlmr"
-    target.mkdir()
-    vocab = write_bpe_tokenizer(target)
-    torch.manual_seed(3)
-    model = XLMRobertaModel(tiny_xlmr_config(vocab), add_pooling_layer=False).eval()
-    randomize_layernorms(model)
-    save_tiny(model, target, tokenizer="none")
+    build_tiny_xlmr(target, seed=3)
     texts = ["Remora packs tokens.", "", "The quick brown fox " * 30, "中文 🦈 ünïcödé"]
     reference = SentenceTransformer(str(target), device="cpu").encode(texts, convert_to_numpy=True)
     engine = Engine(EngineSettings(register_defaults=False))
@@ -130,6 +128,4 @@ def test_bert_pooler_and_mlm_tensors_are_dropped_explicitly(tmp_path: Path) -> N
     gen = torch.Generator().manual_seed(4)
     ids = random_ids(gen, [5, 9], 30522)
     expected = reference_hidden(model.bert, ids, [[0] * 5, [0] * 9], pad_id=0)
-    got = remora_hidden(tmp_path / "mlm", "cpu", ids, None)
-    for e, g in zip(expected, got, strict=True):
-        torch.testing.assert_close(g, e, atol=ATOL, rtol=0)
+    assert_per_sequence(remora_hidden(tmp_path / "mlm", "cpu", ids, None), expected)
