@@ -13,6 +13,29 @@ AttentionName = Literal["auto", "flash", "torch_varlen", "sdpa", "cpu", "eager"]
 
 
 @dataclass(frozen=True)
+class HubRef:
+    """A Hugging Face repository as a model source: resolved through the local hub cache and,
+    when downloads are enabled, fetched on first use (safetensors, configs and tokenizer only)."""
+
+    repo_id: str
+    revision: str = "main"
+
+    def __str__(self) -> str:
+        return f"hf://{self.repo_id}@{self.revision}"
+
+
+@dataclass(frozen=True)
+class HubSettings:
+    """Where the hub cache lives and whether Remora may download into it."""
+
+    cache_dir: Path | None = None  # None: huggingface_hub's default (~/.cache/huggingface/hub)
+    download: bool = False
+    endpoint: str | None = None  # None: https://huggingface.co
+    token: str | None = None
+    timeout_s: float = 60.0
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """A model as configuration. Fields left as None are read from the model directory."""
 

@@ -50,3 +50,51 @@ class WeightsError(ModelLoadError):
 
 class PathNotAllowed(ModelLoadError):
     code = "PATH_NOT_ALLOWED"
+
+
+class InvalidModelId(InvalidInput):
+    """A model id that cannot name a registered model (path separators like '..', absolute paths)."""
+
+    code = "INVALID_MODEL_ID"
+
+
+class ModelTooLarge(ModelLoadError):
+    """The model alone needs more than the whole memory budget: a configuration error."""
+
+    code = "MODEL_TOO_LARGE"
+
+
+class Retryable(RemoraError):
+    """A condition that passes: callers may retry after `retry_after` seconds."""
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ModelLoading(Retryable):
+    code = "MODEL_LOADING"
+
+
+class MemoryBusy(Retryable):
+    """No room for a load: every loaded model is running a batch or pinned."""
+
+    code = "MEMORY_BUSY"
+
+
+class QueueFull(Retryable):
+    code = "QUEUE_FULL"
+
+
+class ResourceExhausted(Retryable):
+    """Out of memory in a forward pass even after evicting idle models and splitting the batch."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+
+class DeadlineExceeded(RemoraError):
+    code = "DEADLINE_EXCEEDED"
+
+
+class ShuttingDown(Retryable):
+    code = "SHUTTING_DOWN"

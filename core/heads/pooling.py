@@ -26,14 +26,19 @@ class Pooler:
     def output_dim(self, hidden_size: int) -> int:
         return hidden_size * len(self.modes)
 
-    def __call__(self, hidden: torch.Tensor, batch: PackedBatch, *, prompt_len: int = 0) -> torch.Tensor:
-        """hidden [T, h] -> [B, h * len(modes)] float32."""
+    def __call__(
+        self, hidden: torch.Tensor, batch: PackedBatch, *, prompt_len: int | torch.Tensor = 0
+    ) -> torch.Tensor:
+        """hidden [T, h] -> [B, h * len(modes)] float32. `prompt_len` is one count for the batch
+        or one per sequence ([B] long, on the batch's device): requests with different prompts
+        share a batch."""
         starts = batch.cu_seqlens[:-1].long()
         ends = batch.cu_seqlens[1:].long()
-        skip = 0 if self.include_prompt else prompt_len
-        # [T] fp32: 1 for pooled tokens, 0 for prompt tokens excluded from pooling.
-        weights = (batch.position_ids >= skip).float()
         seq = batch.seq_index()
+        skip: int | torch.Tensor = 0 if self.include_prompt else prompt_len
+        # [T] fp32: 1 for pooled tokens, 0 for prompt tokens excluded from pooling.
+        token_skip = skip[seq] if isinstance(skip, torch.Tensor) else skip
+        weights = (batch.position_ids >= token_skip).float()
         h32 = hidden.float()
         outputs = []
         for mode in self.modes:
