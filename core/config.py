@@ -40,7 +40,7 @@ class ModelSpec:
     """A model as configuration. Fields left as None are read from the model directory."""
 
     id: str
-    path: Path
+    path: Path | HubRef  # a local directory, or a hub repository resolved at load time
     tasks: tuple[Task, ...] | None = None
     pooling: tuple[PoolingMode, ...] | None = None
     include_prompt: bool | None = None
@@ -68,6 +68,18 @@ class EngineSettings:
     # When set, every registered model path must resolve inside one of these directories.
     model_roots: tuple[Path, ...] = field(default_factory=tuple)
     register_defaults: bool = True
+    # Bytes the model pool may fill with weights; None: `memory_fraction` of the device (GPU
+    # memory, or RAM within the cgroup limit), default 0.85 on CUDA and 0.5 on CPU.
+    memory_budget: int | None = None
+    memory_fraction: float | None = None
+    # How long a request waits for its model to load (and a load waits for room) before a
+    # retryable error.
+    load_timeout_s: float = 120.0
+    hub: HubSettings = field(default_factory=HubSettings)
+    # Scheduler: how long a batch may wait to fill (latency traded for throughput) and how many
+    # sequences may wait per model before requests are refused with QUEUE_FULL.
+    max_wait_ms: float = 0.0
+    max_queue: int = 4096
 
     def batch_tokens_for(self, device_type: str) -> int:
         if self.max_batch_tokens is not None:

@@ -1,6 +1,7 @@
 """The engine facade: register local models, then `encode` and `score` with them.
 
-Models load lazily on first use and stay loaded until `unload`. Usable without any server:
+Models load lazily on first use into a pool with a memory budget (least-recently-used idle
+models make room). Usable without any server:
 
     engine = Engine()
     vectors = engine.encode("all-MiniLM-L6-v2", ["a text", "another"])
@@ -8,22 +9,23 @@ Models load lazily on first use and stay loaded until `unload`. Usable without a
 
 from __future__ import annotations
 
-import threading
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from remora.core.config import EngineSettings, ModelSpec
+from remora.core.config import EngineSettings, HubRef, ModelSpec
 from remora.core.cpus import usable_cpus
 from remora.core.defaults import DEFAULT_MODEL_ALIASES, DEFAULT_MODEL_ID, INSTALL_HINT, default_model_dir
-from remora.core.errors import InvalidInput, ModelLoadError, ModelNotFound, PathNotAllowed
+from remora.core.errors import InvalidInput, InvalidModelId, ModelLoadError, ModelNotFound, PathNotAllowed
 from remora.core.layers.attention import select_attention
-from remora.core.loader import load_model
+from remora.core.memory import default_budget
 from remora.core.model import LoadedModel, Runtime
+from remora.core.pool import ModelPool, ModelStatus
+from remora.core.scheduler import Scheduler
 
 _SPEC_OPTIONS = {
     "tasks",
@@ -38,12 +40,19 @@ _SPEC_OPTIONS = {
 }
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    id: str
-    path: Path
-    aliases: tuple[str, ...]
-    loaded: bool
+MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*")
+
+
+def check_model_id(model_id: object) -> str:
+    """Model ids name registry entries, never files: refuse anything path-like."""
+    if not isinstance(model_id, str) or not model_id:
+        raise InvalidModelId("a model id must be a non-empty string")
+    if len(model_id) > 200 or not MODEL_ID.fullmatch(model_id) or ".." in model_id.split("/"):
+        raise InvalidModelId(
+            f"invalid model id {model_id[:80]!r}: use letters, digits, '.', '_', '-' and '/' between names "
+            "(no '..', no leading '/')"
+        )
+    return model_id
 
 
 def _texts(texts: str | Sequence[str], what: str = "texts") -> list[str]:
@@ -57,52 +66,70 @@ def _texts(texts: str | Sequence[str], what: str = "texts") -> list[str]:
 
 
 class Engine:
+    """Registry, model pool and scheduler behind one object. In-process calls (`encode`,
+    `score`) run on the caller's thread; the sidecar queues requests through `scheduler`."""
+
     def __init__(self, settings: EngineSettings | None = None) -> None:
-        self.settings = settings or EngineSettings()
-        device = self.settings.device
+        self.settings = settings = settings or EngineSettings()
+        device = settings.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
-        threads = self.settings.num_threads or usable_cpus()
+        threads = settings.num_threads or usable_cpus()
         if self.device.type == "cpu" and threads != torch.get_num_threads():
             torch.set_num_threads(threads)
         self.runtime = Runtime(
             device=self.device,
-            attention=select_attention(self.device, self.settings.attention),
-            max_batch_tokens=self.settings.batch_tokens_for(self.device.type),
-            max_batch_size=self.settings.max_batch_size,
+            attention=select_attention(self.device, settings.attention),
+            max_batch_tokens=settings.batch_tokens_for(self.device.type),
+            max_batch_size=settings.max_batch_size,
         )
-        self._specs: dict[str, ModelSpec] = {}
-        self._aliases: dict[str, str] = {}
-        self._loaded: dict[str, LoadedModel] = {}
-        self._lock = threading.Lock()
-        if self.settings.register_defaults:
+        budget = settings.memory_budget or default_budget(self.device, settings.memory_fraction)
+        self.pool = ModelPool(self.runtime, budget_bytes=budget, load_timeout_s=settings.load_timeout_s, hub=settings.hub)
+        self.scheduler = Scheduler(
+            self.pool,
+            max_batch_tokens=self.runtime.max_batch_tokens,
+            max_batch_size=self.runtime.max_batch_size,
+            max_wait_ms=settings.max_wait_ms,
+            max_queue=settings.max_queue,
+        )
+        if settings.register_defaults:
             self._register_default()
 
     # -- registry -------------------------------------------------------------------------
 
-    def register(self, model_id: str, path: str | Path, **options: Any) -> ModelSpec:
-        """Add a local model directory under `model_id`. Options are ModelSpec fields."""
+    def register(
+        self,
+        model_id: str,
+        path: str | Path | HubRef,
+        *,
+        pinned: bool = False,
+        preload: bool = False,
+        **options: Any,
+    ) -> ModelSpec:
+        """Add (or replace) a model: a local directory, or a HubRef. Options are ModelSpec
+        fields. Nothing loads until the model is first used (or `preload`ed by the server)."""
         unknown = set(options) - _SPEC_OPTIONS
         if unknown:
             raise TypeError(f"unknown model option(s) {sorted(unknown)}; known: {sorted(_SPEC_OPTIONS)}")
-        if not model_id or not isinstance(model_id, str):
-            raise InvalidInput("a model id must be a non-empty string")
-        directory = self._check_path(Path(path))
+        check_model_id(model_id)
+        source = path if isinstance(path, HubRef) else self.check_path(Path(path))
         for key in ("tasks", "pooling", "aliases"):
             if isinstance(options.get(key), str):
                 options[key] = (options[key],)
             elif options.get(key) is not None:
                 options[key] = tuple(options[key])
-        spec = ModelSpec(id=model_id, path=directory, **options)
-        with self._lock:
-            self._specs[model_id] = spec
-            for alias in spec.aliases:
-                self._aliases[alias] = model_id
-            self._loaded.pop(model_id, None)
+        for alias in options.get("aliases") or ():
+            check_model_id(alias)
+        spec = ModelSpec(id=model_id, path=source, **options)
+        self.pool.register(spec, pinned=pinned, preload=preload)
         return spec
 
-    def _check_path(self, path: Path) -> Path:
+    def unregister(self, model_id: str) -> None:
+        self.pool.unregister(self.resolve_id(model_id))
+
+    def check_path(self, path: Path) -> Path:
+        """The resolved directory, refused unless it lies inside a configured model root."""
         resolved = path.expanduser().resolve()
         roots = [Path(r).expanduser().resolve() for r in self.settings.model_roots]
         if roots and not any(resolved.is_relative_to(root) for root in roots):
@@ -114,41 +141,34 @@ class Engine:
     def _register_default(self) -> None:
         directory = default_model_dir()
         if directory is not None:
-            self._specs[DEFAULT_MODEL_ID] = ModelSpec(DEFAULT_MODEL_ID, directory, aliases=DEFAULT_MODEL_ALIASES)
-            for alias in DEFAULT_MODEL_ALIASES:
-                self._aliases[alias] = DEFAULT_MODEL_ID
+            self.pool.register(ModelSpec(DEFAULT_MODEL_ID, directory, aliases=DEFAULT_MODEL_ALIASES))
 
     def resolve_id(self, model_id: str) -> str:
-        model_id = self._aliases.get(model_id, model_id)
-        if model_id not in self._specs:
-            hint = INSTALL_HINT if model_id in (DEFAULT_MODEL_ID, *DEFAULT_MODEL_ALIASES) else (
-                f"registered models: {sorted(self._specs) or 'none'}"
-            )
-            raise ModelNotFound(f"model {model_id!r} is not registered. {hint}")
-        return model_id
+        check_model_id(model_id)
+        try:
+            return self.pool.resolve_id(model_id)
+        except ModelNotFound as exc:
+            if model_id in (DEFAULT_MODEL_ID, *DEFAULT_MODEL_ALIASES):
+                raise ModelNotFound(f"model {model_id!r} is not registered. {INSTALL_HINT}") from None
+            raise exc from None
 
-    def models(self) -> list[ModelInfo]:
-        with self._lock:
-            return [
-                ModelInfo(s.id, s.path, s.aliases, s.id in self._loaded) for s in self._specs.values()
-            ]
+    def models(self) -> list[ModelStatus]:
+        return self.pool.status()
 
     # -- loading --------------------------------------------------------------------------
 
     def model(self, model_id: str) -> LoadedModel:
-        """The loaded model, loading it on first use."""
-        model_id = self.resolve_id(model_id)
-        with self._lock:
-            loaded = self._loaded.get(model_id)
-            if loaded is None:
-                loaded = load_model(self._specs[model_id], self.runtime)
-                self._loaded[model_id] = loaded
-            return loaded
+        """The loaded model, loading it on first use (not leased: the pool may evict it later)."""
+        with self.pool.acquire(self.resolve_id(model_id)) as model:
+            return model
 
     def unload(self, model_id: str) -> bool:
-        model_id = self.resolve_id(model_id)
-        with self._lock:
-            return self._loaded.pop(model_id, None) is not None
+        return self.pool.unload(self.resolve_id(model_id))
+
+    def close(self, *, timeout: float = 30.0) -> None:
+        """Finish queued requests (within `timeout`) and stop the worker threads."""
+        self.scheduler.close(timeout=timeout)
+        self.pool.close()
 
     # -- primitives -----------------------------------------------------------------------
 
@@ -165,8 +185,8 @@ class Engine:
         """Texts -> [N, dim] float32 vectors. `normalize=None` follows the model's configuration;
         `truncate=False` rejects over-long texts with InputTooLong instead of cutting them."""
         items = _texts(texts)
-        model = self.model(model_id)
-        return model.encode(items, is_query=is_query, prompt=prompt, normalize_output=normalize, truncate=truncate)
+        with self.pool.acquire(self.resolve_id(model_id)) as model:
+            return model.encode(items, is_query=is_query, prompt=prompt, normalize_output=normalize, truncate=truncate)
 
     def score(
         self,
@@ -181,8 +201,8 @@ class Engine:
         if not isinstance(query, str):
             raise InvalidInput(f"query is a {type(query).__name__}, not a string")
         docs = _texts(documents, "documents")
-        model = self.model(model_id)
-        return model.score(query, docs, truncate=truncate, apply_activation=apply_activation)
+        with self.pool.acquire(self.resolve_id(model_id)) as model:
+            return model.score(query, docs, truncate=truncate, apply_activation=apply_activation)
 
     def score_pairs(
         self,
@@ -199,5 +219,5 @@ class Engine:
                 raise InvalidInput(f"pairs[{index}] is not a pair of strings")
             firsts.append(pair[0])
             seconds.append(pair[1])
-        model = self.model(model_id)
-        return model.score_pairs(firsts, seconds, truncate=truncate, apply_activation=apply_activation)
+        with self.pool.acquire(self.resolve_id(model_id)) as model:
+            return model.score_pairs(firsts, seconds, truncate=truncate, apply_activation=apply_activation)

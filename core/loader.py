@@ -41,6 +41,7 @@ def _num_labels(config: dict[str, Any]) -> int:
 
 
 def _resolve_spec(spec: ModelSpec, arch: Architecture, st: StConfig, max_tokens: int) -> ModelSpec:
+    assert isinstance(spec.path, Path)
     max_len = spec.max_seq_len or st.max_seq_length or tokenizer_max_length(spec.path) or max_tokens
     prompts = st.prompts
     # As sentence-transformers' encode_query / encode_document: a prompt present under the
@@ -70,7 +71,10 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def load_model(spec: ModelSpec, runtime: Runtime) -> LoadedModel:
-    path = Path(spec.path)
+    if not isinstance(spec.path, Path):
+        # Hub references are resolved to a local snapshot by the pool before loading.
+        raise ModelLoadError(f"{spec.path} is not a local model directory")
+    path = spec.path
     if not path.is_dir():
         raise ModelLoadError(f"model directory {path} does not exist")
     if not (path / "config.json").is_file():

@@ -73,6 +73,8 @@ def _safetensors_numels(file: Path) -> list[tuple[int, int]]:
     """(numel, element size) per tensor, from the header alone."""
     with file.open("rb") as handle:
         (length,) = struct.unpack("<Q", handle.read(8))
+        if length > min(file.stat().st_size, 1 << 28):
+            raise ValueError(f"corrupt safetensors header length {length}")
         header = json.loads(handle.read(length))
     out = []
     for name, info in header.items():
@@ -93,7 +95,7 @@ def estimate_model_bytes(model_dir: Path, dtype: torch.dtype) -> int:
     for file in model_dir.rglob("*.safetensors"):
         try:
             numels = _safetensors_numels(file)
-        except (OSError, ValueError, KeyError, struct.error):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, struct.error):
             total += file.stat().st_size  # unreadable header: loading will say why; count the file
             continue
         total += sum(n * (target if size >= 2 else size) for n, size in numels)
