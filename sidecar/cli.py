@@ -1,4 +1,4 @@
-"""`remora` command line: encode and score from the shell, and a demo of the default model."""
+"""`remora` command line: the sidecar server, encode and score from the shell, and a demo."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from remora.core.defaults import DEFAULT_MODEL_ID
 from remora.core.engine import Engine
@@ -58,6 +59,14 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from remora.sidecar.server import serve
+    from remora.sidecar.settings import server_settings
+
+    settings = server_settings(config=args.config)
+    return serve(settings, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="remora", description="Small-model inference beside your vector database.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -78,6 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     sco.add_argument("documents", nargs="+")
     model_args(sco)
     sco.set_defaults(run=_score)
+
+    srv = sub.add_parser("serve", help="run the HTTP sidecar (native, OpenAI, TEI and rerank APIs)")
+    srv.add_argument("--config", type=Path, help="model registry file (YAML); default $REMORA_CONFIG or the embedded model")
+    srv.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s; 0.0.0.0 in containers)")
+    srv.add_argument("--port", type=int, default=8080)
+    srv.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    srv.add_argument("--access-log", action="store_true", help="log every request")
+    srv.set_defaults(run=_serve)
 
     demo = sub.add_parser("demo", help="rank a few passages against a query with the default model")
     demo.add_argument("query_text", nargs="?", default="How does Remora avoid wasting compute on padding?")

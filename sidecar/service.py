@@ -1,0 +1,194 @@
+"""The asyncio side of the engine: lease a model (awaiting its load), tokenize in a thread
+pool, queue on the scheduler, await the result while watching for the client to leave.
+
+Every route family (native, OpenAI, TEI, rerank) goes through here, so waiting, deadlines,
+cancellation and limits behave the same whatever wire format a client speaks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from starlette.requests import Request
+
+from remora.core.engine import Engine
+from remora.core.errors import DeadlineExceeded, InvalidInput, ModelLoading
+from remora.core.model import LoadedModel, Prepared
+from remora.core.pool import Lease
+from remora.sidecar.codec import WireError
+from remora.sidecar.settings import ServerSettings
+
+TIMEOUT_HEADER = "remora-timeout-ms"
+NO_WAIT_HEADER = "remora-no-wait"
+
+
+@dataclass(frozen=True)
+class Result:
+    model_id: str
+    rows: np.ndarray  # encode: [N, dim] vectors; score: [N, labels] scores
+    tokens: int
+    model: LoadedModel
+
+
+class Service:
+    def __init__(self, engine: Engine, settings: ServerSettings) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.tokenizers = ThreadPoolExecutor(settings.tokenizer_threads, thread_name_prefix="remora-tok")
+
+    def close(self) -> None:
+        self.tokenizers.shutdown(wait=False, cancel_futures=True)
+
+    # -- checks shared by the routes -------------------------------------------------------
+
+    def check_texts(self, texts: Sequence[str], what: str = "inputs") -> None:
+        if not texts:
+            raise WireError("EMPTY_INPUT", f"{what} is empty; send at least one text")
+        if len(texts) > self.settings.max_inputs:
+            raise WireError(
+                "TOO_MANY_INPUTS", f"{what} has {len(texts)} texts; at most {self.settings.max_inputs} per request"
+            )
+
+    # -- the request path ------------------------------------------------------------------
+
+    async def lease(self, request: Request | None, name: str, *, wait: bool | None = None) -> Lease:
+        """A lease on the model, waiting for its load unless the request says not to
+        (`Remora-No-Wait: 1`), in which case a cold model answers MODEL_LOADING at once."""
+        model_id = self.engine.resolve_id(name)
+        if request is not None:
+            request.state.model = model_id
+        if wait is None:
+            wait = not (request is not None and request.headers.get(NO_WAIT_HEADER, "") in ("1", "true"))
+        deadline = time.monotonic() + self.engine.settings.load_timeout_s
+        while True:
+            got = self.engine.pool.checkout(model_id)
+            if isinstance(got, Lease):
+                return got
+            if not wait:
+                raise ModelLoading(f"model {model_id!r} is loading; retry shortly", retry_after=1.0)
+            remaining = deadline - time.monotonic()
+            try:
+                # shield: one waiter timing out must not cancel the load the others wait for.
+                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(got)), timeout=max(remaining, 0.001))
+            except TimeoutError:
+                raise ModelLoading(f"model {model_id!r} is still loading", retry_after=2.0) from None
+
+    def _deadline(self, request: Request | None) -> float:
+        timeout = self.settings.request_timeout_s
+        raw = request.headers.get(TIMEOUT_HEADER) if request is not None else None
+        if raw:
+            try:
+                timeout = float(raw) / 1000
+            except ValueError:
+                raise InvalidInput(f"{TIMEOUT_HEADER} must be a number of milliseconds, got {raw!r}") from None
+        return time.monotonic() + timeout
+
+    async def run(
+        self, request: Request | None, name: str, prepare: Callable[[LoadedModel], Prepared]
+    ) -> Result:
+        """Lease, tokenize (thread pool), queue, await. Returns rows before `finish`."""
+        deadline = self._deadline(request)
+        lease = await self.lease(request, name)
+        try:
+            loop = asyncio.get_running_loop()
+            prepared = await loop.run_in_executor(self.tokenizers, prepare, lease.model)
+            future = self.engine.scheduler.submit(lease, prepared, deadline=deadline)
+            rows = await self._await(request, asyncio.wrap_future(future), deadline)
+            return Result(lease.model_id, rows, sum(prepared.tokens.lengths), lease.model)
+        finally:
+            lease.release()
+
+    async def _await(self, request: Request | None, result: asyncio.Future[np.ndarray], deadline: float) -> np.ndarray:
+        """The result, or cancellation when the client disconnects or the deadline passes
+        (a cancelled request still waiting in the queue is dropped before compute)."""
+        watcher = asyncio.ensure_future(_disconnected(request)) if request is not None else None
+        waiting: set[asyncio.Future[Any]] = {result}
+        if watcher is not None:
+            waiting.add(watcher)
+        try:
+            done, _ = await asyncio.wait(waiting, timeout=max(deadline - time.monotonic(), 0.001),
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if result in done:
+                return result.result()
+            result.cancel()
+            if watcher is not None and watcher in done:
+                # Nobody reads the answer; 499 (nginx's "client closed request") shows in logs and metrics.
+                raise WireError("CLIENT_CLOSED", "the client closed the connection before the result")
+            raise DeadlineExceeded("the request ran past its deadline")
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+
+    # -- primitives ------------------------------------------------------------------------
+
+    async def encode(
+        self,
+        request: Request | None,
+        name: str,
+        texts: list[str],
+        *,
+        is_query: bool = False,
+        prompt: str | None = None,
+        normalize: bool | None = None,
+        truncate: bool = True,
+        dimensions: int | None = None,
+    ) -> Result:
+        self.check_texts(texts)
+        result = await self.run(
+            request, name, lambda m: m.prepare_encode(texts, is_query=is_query, prompt=prompt, truncate=truncate)
+        )
+        vectors = result.model.finish("encode", result.rows, normalize_output=normalize)
+        if dimensions is not None:
+            vectors = truncate_dimensions(vectors, dimensions, renormalize=normalize is not False)
+        return Result(result.model_id, vectors, result.tokens, result.model)
+
+    async def score(
+        self,
+        request: Request | None,
+        name: str,
+        query: str,
+        documents: list[str],
+        *,
+        truncate: bool = True,
+        raw: bool = False,
+    ) -> Result:
+        """Relevance of each document to the query: rows [N] (one label) in input order."""
+        self.check_texts(documents, "documents")
+
+        def prepare(model: LoadedModel) -> Prepared:
+            model.check_single_label()
+            return model.prepare_pairs([query] * len(documents), documents, truncate=truncate)
+
+        result = await self.run(request, name, prepare)
+        scores = result.model.finish("score", result.rows, apply_activation=not raw)[:, 0]
+        return Result(result.model_id, scores, result.tokens, result.model)
+
+
+def truncate_dimensions(vectors: np.ndarray, dimensions: int, *, renormalize: bool) -> np.ndarray:
+    """Matryoshka-style: keep the first `dimensions` components, renormalised."""
+    width = vectors.shape[1]
+    if not 0 < dimensions <= width:
+        raise InvalidInput(f"dimensions must be between 1 and the model's {width}, got {dimensions}")
+    cut = np.ascontiguousarray(vectors[:, :dimensions])
+    if renormalize:
+        norms = np.linalg.norm(cut, axis=1, keepdims=True)
+        cut = cut / np.maximum(norms, 1e-12)
+    return cut.astype(np.float32, copy=False)
+
+
+async def _disconnected(request: Request | None) -> None:
+    """Returns when the client goes away. The body is already read, so the next ASGI message
+    is the disconnect (or nothing, until the response is sent)."""
+    if request is None:
+        await asyncio.Event().wait()
+        return
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
