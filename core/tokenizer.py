@@ -64,6 +64,35 @@ class TextTokenizer:
         ids = self._full.encode(prompt).ids
         return len(ids) - 1 if ids and ids[-1] in self.special_ids else len(ids)
 
+    def token_spans(
+        self, texts: Sequence[str], *, add_special_tokens: bool = True
+    ) -> list[list[tuple[int, str, bool, int | None, int | None]]]:
+        """Each text's tokens, untruncated, as (id, text, special, start, stop) the way
+        text-embeddings-inference's /tokenize reports them: start/stop are byte offsets into the
+        text's UTF-8 encoding (the offsets of the Rust `tokenizers` crate) and `text` is that slice
+        of the input ('##ing' reads 'ing'); special tokens carry their own string and no offsets."""
+        encodings: list[Encoding] = self._full.encode_batch(list(texts), add_special_tokens=add_special_tokens)
+        out: list[list[tuple[int, str, bool, int | None, int | None]]] = []
+        for text, encoding in zip(texts, encodings, strict=True):
+            data = text.encode("utf-8", "surrogatepass")
+            to_byte: list[int] | None = None  # char offset -> byte offset; identity for ASCII
+            if len(data) != len(text):
+                to_byte = [0]
+                for char in text:
+                    to_byte.append(to_byte[-1] + len(char.encode("utf-8", "surrogatepass")))
+            tokens: list[tuple[int, str, bool, int | None, int | None]] = []
+            for token_id, token, (start, stop), special in zip(
+                encoding.ids, encoding.tokens, encoding.offsets, encoding.special_tokens_mask, strict=True
+            ):
+                if special:
+                    tokens.append((token_id, token, True, None, None))
+                    continue
+                if to_byte is not None:
+                    start, stop = to_byte[start], to_byte[stop]
+                tokens.append((token_id, data[start:stop].decode("utf-8", "replace"), False, start, stop))
+            out.append(tokens)
+        return out
+
     def _run(self, inputs: list[Any], *, truncate: bool) -> Tokenized:
         tokenizer = self._truncating if truncate else self._full
         encodings: list[Encoding] = tokenizer.encode_batch(inputs, add_special_tokens=True)
