@@ -12,6 +12,7 @@ await the load future it returns, and `acquire` is the blocking form for threads
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import threading
 import time
@@ -111,6 +112,14 @@ class Lease:
 Listener = Callable[[PoolEvent], None]
 
 
+def _fresh(error: RemoraError) -> RemoraError:
+    """A copy of a failed model's stored error, to raise: raising the stored one itself would
+    grow its traceback by every request's frames, and keep them alive, while the model stays failed."""
+    fresh = copy.copy(error)
+    fresh.__cause__ = error.__cause__
+    return fresh
+
+
 class ModelPool:
     def __init__(
         self,
@@ -191,7 +200,7 @@ class ModelPool:
                 return Lease(self, entry, entry.model)
             if entry.state is State.FAILED:
                 assert entry.error is not None
-                raise entry.error
+                raise _fresh(entry.error)
             return self._start_load(entry)
 
     def acquire(self, name: str, *, timeout: float | None = None) -> Lease:
@@ -360,7 +369,7 @@ class ModelPool:
             with self._lock:
                 entry.state, entry.error, entry.future = State.FAILED, error, None
             self._emit([PoolEvent("load_failed", entry.spec.id, time.perf_counter() - started, error.code)])
-            future.set_exception(error)
+            future.set_exception(_fresh(error))
 
     def _resolved_spec(self, spec: ModelSpec) -> ModelSpec:
         if isinstance(spec.path, HubRef):

@@ -177,6 +177,8 @@ class Scheduler:
                 batch = self._take(queue)
             if batch:
                 self._execute(queue, batch)
+            # While it waits for work, the compute thread must not keep an evicted model alive.
+            del queue, batch
 
     def _next_queue(self) -> _Queue | None:
         """Lock held. The first due queue in round-robin order, waiting until one is due."""
@@ -272,14 +274,20 @@ class Scheduler:
         return self._split(run, batch)
 
     def _split(self, run: Callable[[list[tuple[_Job, int]]], np.ndarray], items: list[tuple[_Job, int]]) -> np.ndarray:
+        if all(job.done for job, _ in items):  # failed already: placeholder rows, skipped by _execute
+            return np.zeros((len(items), items[0][0].out.shape[1]), np.float32)
         try:
             return run(items)
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
             if len(items) == 1:
-                raise ResourceExhausted(
+                # Only this sequence's request fails; the rest of the batch goes on.
+                error = ResourceExhausted(
                     "out of memory running one sequence, even after evicting idle models", retry_after=5.0
-                ) from exc
+                )
+                error.__cause__ = exc
+                items[0][0].fail(error)
+                return np.zeros((1, items[0][0].out.shape[1]), np.float32)
         half = len(items) // 2
         return np.concatenate([self._split(run, items[:half]), self._split(run, items[half:])])

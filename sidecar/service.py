@@ -95,14 +95,20 @@ class Service:
         """Lease, tokenize (thread pool), queue, await. Returns rows before `finish`."""
         deadline = self._deadline(request)
         lease = await self.lease(request, name)
+        queued = False
         try:
             loop = asyncio.get_running_loop()
             prepared = await loop.run_in_executor(self.tokenizers, prepare, lease.model)
             future = self.engine.scheduler.submit(lease, prepared, deadline=deadline)
+            # The lease goes back when the scheduler is done with the request, not when this
+            # coroutine gives up (deadline, client gone) while its batch may still be running.
+            future.add_done_callback(lambda _: lease.release())
+            queued = True
             rows = await self._await(request, asyncio.wrap_future(future), deadline)
             return Result(lease.model_id, rows, sum(prepared.tokens.lengths), lease.model)
         finally:
-            lease.release()
+            if not queued:
+                lease.release()
 
     async def _await(self, request: Request | None, result: asyncio.Future[np.ndarray], deadline: float) -> np.ndarray:
         """The result, or cancellation when the client disconnects or the deadline passes
