@@ -20,7 +20,7 @@ import torch
 from remora.core.config import EngineSettings, HubRef, ModelSpec
 from remora.core.cpus import usable_cpus
 from remora.core.defaults import DEFAULT_MODEL_ALIASES, DEFAULT_MODEL_ID, INSTALL_HINT, default_model_dir
-from remora.core.errors import InvalidInput, InvalidModelId, ModelLoadError, ModelNotFound, PathNotAllowed
+from remora.core.errors import InvalidInput, InvalidModelId, ModelNotFound, PathNotAllowed
 from remora.core.layers.attention import select_attention
 from remora.core.memory import default_budget
 from remora.core.model import LoadedModel, Runtime
@@ -135,7 +135,8 @@ class Engine:
         if roots and not any(resolved.is_relative_to(root) for root in roots):
             raise PathNotAllowed(f"model path {path} lies outside the configured model roots")
         if not resolved.is_dir():
-            raise ModelLoadError(f"model directory {path} does not exist")
+            # A configuration mistake, not a broken model: refused as input.
+            raise InvalidInput(f"model directory {path} does not exist")
         return resolved
 
     def _register_default(self) -> None:

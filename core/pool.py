@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from remora.core.config import HubRef, HubSettings, ModelSpec
 from remora.core.errors import (
+    InvalidInput,
     MemoryBusy,
     ModelLoadError,
     ModelLoading,
@@ -34,6 +36,8 @@ from remora.core.errors import (
 from remora.core.loader import load_model, resolve_dtype
 from remora.core.memory import estimate_model_bytes, release_memory
 from remora.core.model import LoadedModel, Runtime
+
+log = logging.getLogger("remora.pool")
 
 
 class State(StrEnum):
@@ -133,6 +137,9 @@ class ModelPool:
         self.runtime = runtime
         self.budget_bytes = int(budget_bytes)
         self.load_timeout_s = load_timeout_s
+        # Waiters outlast a load's own wait for room a little, so they see its MemoryBusy
+        # (the precise error) rather than timing out first with ModelLoading.
+        self.wait_timeout_s = load_timeout_s + 2.0
         self.hub = hub or HubSettings()
         self._entries: dict[str, _Entry] = {}
         self._aliases: dict[str, str] = {}
@@ -148,6 +155,14 @@ class ModelPool:
         """Add or replace a model. A replaced model that is running finishes its leases first."""
         events = []
         with self._lock:
+            # An alias must never shadow another model's id (aliases resolve first), nor an id
+            # another model's alias.
+            taken = [a for a in (spec.id, *spec.aliases)
+                     if (a in self._entries and a != spec.id) or self._aliases.get(a, spec.id) != spec.id]
+            if taken:
+                raise InvalidInput(
+                    f"cannot register {spec.id!r}: {', '.join(map(repr, taken))} already names another model"
+                )
             old = self._entries.get(spec.id)
             if old is not None:
                 events += self._retire(old, "replaced")
@@ -205,7 +220,7 @@ class ModelPool:
 
     def acquire(self, name: str, *, timeout: float | None = None) -> Lease:
         """Block until the model is loaded and leased (at most `timeout`, default the load timeout)."""
-        deadline = time.monotonic() + (self.load_timeout_s if timeout is None else timeout)
+        deadline = time.monotonic() + (self.wait_timeout_s if timeout is None else timeout)
         while True:
             got = self.checkout(name)
             if isinstance(got, Lease):
@@ -430,7 +445,10 @@ class ModelPool:
     def _emit(self, events: list[PoolEvent]) -> None:
         for event in events:
             for listener in self.listeners:
-                listener(event)
+                try:
+                    listener(event)
+                except Exception:  # a metrics bug must not fail a load or an eviction
+                    log.exception("pool listener failed on %s", event)
 
     # -- status ---------------------------------------------------------------------------
 

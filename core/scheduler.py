@@ -15,6 +15,7 @@ single sequence that still does not fit fails its request with ResourceExhausted
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -28,6 +29,8 @@ import torch
 from remora.core.errors import DeadlineExceeded, QueueFull, ResourceExhausted, ShuttingDown
 from remora.core.model import Kind, LoadedModel, Prepared
 from remora.core.pool import Lease, ModelPool
+
+log = logging.getLogger("remora.scheduler")
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,10 @@ class Scheduler:
             self._queues.clear()
         for job in leftovers:
             job.fail(ShuttingDown("the server shut down before this request ran"))
+        if self._thread is not None:
+            # The queues are empty: the thread ends after the batch it may be running. Wait for
+            # it, since a thread still inside torch when the interpreter exits aborts the process.
+            self._thread.join()
 
     # -- the compute thread ---------------------------------------------------------------
 
@@ -254,7 +261,10 @@ class Scheduler:
                 job.future.set_result(job.out)
         event = BatchEvent(queue.model_id, queue.kind, sum(lengths), len(batch), time.perf_counter() - started, waits)
         for listener in self.listeners:
-            listener(event)
+            try:
+                listener(event)
+            except Exception:  # a metrics bug must not stop the compute thread
+                log.exception("scheduler listener failed on %s", event)
 
     def _forward(self, model: LoadedModel, kind: Kind, batch: list[tuple[_Job, int]]) -> np.ndarray:
         def run(items: list[tuple[_Job, int]]) -> np.ndarray:

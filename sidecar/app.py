@@ -51,6 +51,7 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
             state.draining = True
             preload.cancel()
             # Queued requests finish (uvicorn already waited for open connections).
+            # Past the grace, what is still queued fails with SHUTTING_DOWN; a running batch ends.
             await loop.run_in_executor(None, lambda: engine.close(timeout=settings.shutdown_grace_s))
             state.service.close()
 
@@ -102,7 +103,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
         code = _HTTP_CODES.get(exc.status_code, "INVALID_INPUT" if exc.status_code < 500 else "INTERNAL")
-        return error_response(request.url.path, code, str(exc.detail))
+        response = error_response(request.url.path, code, str(exc.detail))
+        response.headers.update(exc.headers or {})  # a 405 must say what is Allowed
+        return response
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> Response:

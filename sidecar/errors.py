@@ -47,7 +47,7 @@ _OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404:
                  413: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error"}
 
 # TEI's error_type per status (text-embeddings-inference's ErrorType).
-_TEI_TYPES = {400: "Empty", 413: "Validation", 422: "Validation", 429: "Overloaded", 503: "Unhealthy"}
+_TEI_TYPES = {400: "Empty", 404: "Validation", 413: "Validation", 422: "Validation", 429: "Overloaded", 503: "Unhealthy"}
 
 TEI_PATHS = ("/embed", "/embed_all", "/embed_sparse", "/rerank", "/tokenize", "/decode", "/info", "/health", "/predict")
 

@@ -26,7 +26,8 @@ from typing import Any
 import yaml
 
 from remora.core.config import HubRef
-from remora.core.engine import Engine
+from remora.core.engine import Engine, check_model_id
+from remora.core.errors import RemoraError
 
 _ENTRY_KEYS = {"id", "path", "hf", "revision", "preload", "pinned"}
 _SPEC_KEYS = {"tasks", "pooling", "include_prompt", "normalize", "max_seq_len", "dtype", "query_prompt",
@@ -108,8 +109,14 @@ class Registry:
             return {"added": [], "changed": [], "removed": []}
         new = read_registry(self.path)
         for entry in new.entries:  # validate every entry before touching the engine
-            if isinstance(entry.source, Path):
-                self.engine.check_path(entry.source)
+            aliases = dict(entry.options).get("aliases") or ()
+            try:
+                for name in (entry.id, *((aliases,) if isinstance(aliases, str) else aliases)):
+                    check_model_id(name)
+                if isinstance(entry.source, Path):
+                    self.engine.check_path(entry.source)
+            except RemoraError as exc:  # a bad id or path half-way through would apply half the file
+                raise RegistryError(f"{self.path}: model {entry.id!r}: {exc.message}") from None
         changes: dict[str, list[str]] = {"added": [], "changed": [], "removed": []}
         for entry in new.entries:
             old = self.applied.get(entry.id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 from types import FrameType
 
 import uvicorn
@@ -26,6 +27,9 @@ class _Server(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self.remora.draining = True
         super().handle_exit(sig, frame)
+        # uvicorn (>= 0.29) re-raises captured signals once it has shut down, which would end a
+        # drained server with -SIGTERM instead of exit code 0.
+        self._captured_signals.clear()
 
 
 def serve(settings: ServerSettings, *, host: str, port: int, log_level: str = "info", access_log: bool = False) -> int:
@@ -39,7 +43,8 @@ def serve(settings: ServerSettings, *, host: str, port: int, log_level: str = "i
         access_log=access_log,
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
         http="httptools" if importlib.util.find_spec("httptools") else "h11",
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
+        # Never None, which waits forever (int() made any grace under 1 s that); whole seconds, rounded up.
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),
         server_header=False,
         proxy_headers=False,
         lifespan="on",

@@ -65,7 +65,7 @@ class Service:
             request.state.model = model_id
         if wait is None:
             wait = not (request is not None and request.headers.get(NO_WAIT_HEADER, "") in ("1", "true"))
-        deadline = time.monotonic() + self.engine.settings.load_timeout_s
+        deadline = time.monotonic() + self.engine.pool.wait_timeout_s
         while True:
             got = self.engine.pool.checkout(model_id)
             if isinstance(got, Lease):

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from remora.core.config import HubRef
+from remora.core.errors import ModelLoadError, PathNotAllowed
 from remora.core.pool import ModelStatus, State
 from remora.sidecar.codec import WireError, json_response, read_body
 from remora.sidecar.metrics import CONTENT_TYPE
@@ -49,7 +50,7 @@ async def list_models(request: Request) -> Response:
 
 
 class RegisterRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # "yes" is not a bool, 8.0 not an int
 
     id: str
     path: str | None = Field(None, description="A directory inside a configured model root")
@@ -87,7 +88,12 @@ async def register_model(request: Request) -> Response:
                if k not in ("id", "path", "hf", "revision", "preload", "pinned") and v not in (None, [])}
     if options.get("dtype") == "auto":
         del options["dtype"]
-    state.engine.register(body.id, source, pinned=body.pinned, preload=body.preload, **options)
+    try:
+        state.engine.register(body.id, source, pinned=body.pinned, preload=body.preload, **options)
+    except ModelLoadError as exc:  # a missing directory is the request's fault, not a 502
+        if isinstance(exc, PathNotAllowed):
+            raise
+        raise WireError("INVALID_INPUT", exc.message) from None
     if body.preload or body.pinned:
         state.engine.pool.load(body.id)
     return json_response(_describe(state.engine.pool.status_of(body.id)), status=201)
@@ -134,6 +140,7 @@ async def pin_model(request: Request, model_id: str) -> Response:
     state = remora(request)
     model_id = state.engine.resolve_id(model_id)
     state.engine.pool.set_pinned(model_id, True)
+    state.engine.pool.load(model_id)  # pinned means kept in memory (and /readyz waits for pinned models)
     return json_response(_describe(state.engine.pool.status_of(model_id)))
 
 

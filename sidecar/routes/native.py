@@ -16,7 +16,7 @@ router = APIRouter(tags=["native"])
 
 
 class EncodeRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # "yes" is not a bool, 8.0 not an int
 
     model: str | None = Field(None, description="Registered model id or alias; default: the server's default model")
     inputs: list[str] | str = Field(..., description="Texts to encode")
@@ -43,7 +43,7 @@ class EncodeResponse(BaseModel):
 
 
 class ScoreRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # "yes" is not a bool, 8.0 not an int
 
     model: str | None = Field(None, description="A cross-encoder; default: the server's default reranker")
     query: str

@@ -1,4 +1,5 @@
-"""Fixtures: the embedded-default server, shared by the route tests of a module."""
+"""Fixtures: the embedded-default server, shared by the route tests of a module, and tiny seeded
+models (an encoder and a one-label cross-encoder) built once per session."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
+from tests.helpers import randomize_layernorms, save_tiny, tiny_bert_config
 from tests.sidecar.server import ServerProcess
 
 
@@ -17,3 +20,27 @@ def default_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerP
     server = ServerProcess(log=log).wait_healthy()
     yield server
     assert server.stop() == 0, server.logs()
+
+
+@pytest.fixture(scope="session")
+def ce_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny BERT cross-encoder with a seeded random one-label head."""
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_bert_config(num_labels=1)).eval()
+    randomize_layernorms(model, 0)
+    with torch.no_grad():  # a freshly built head scores everything ~0.5: spread its logits
+        model.classifier.weight.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(1))
+    return save_tiny(model, tmp_path_factory.mktemp("ce") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny seeded BERT encoder (64-d, mean pooling)."""
+    from transformers import BertModel
+
+    torch.manual_seed(0)
+    model = BertModel(tiny_bert_config(), add_pooling_layer=False).eval()
+    randomize_layernorms(model, 0)
+    return save_tiny(model, tmp_path_factory.mktemp("tiny-encoder") / "model")

@@ -24,8 +24,10 @@ class ServerProcess:
     """`python -m remora.sidecar.cli serve` in a child process; `url` once healthy."""
 
     def __init__(self, *, config: Path | None = None, env: Mapping[str, str] | None = None,
-                 log: Path | None = None) -> None:
+                 log: Path | None = None, api_key: str | None = None) -> None:
         self.port = free_port()
+        # Sent by wait_healthy / wait_ready, for servers that guard health routes (REMORA_AUTH_HEALTH).
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.url = f"http://127.0.0.1:{self.port}"
         args = [sys.executable, "-m", "remora.sidecar.cli", "serve", "--port", str(self.port)]
         if config is not None:
@@ -41,7 +43,7 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}: {self.logs()}")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
+                if httpx.get(f"{self.url}/healthz", headers=self.headers, timeout=1.0).status_code == 200:
                     return self
             except httpx.TransportError:
                 pass
@@ -51,7 +53,7 @@ class ServerProcess:
     def wait_ready(self, timeout: float = 60.0) -> ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
+            if httpx.get(f"{self.url}/readyz", headers=self.headers, timeout=1.0).status_code == 200:
                 return self
             time.sleep(0.1)
         raise TimeoutError(f"server not ready after {timeout}s: {self.logs()}")

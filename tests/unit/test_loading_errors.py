@@ -20,7 +20,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from remora.core import Engine, EngineSettings
-from remora.core.errors import ModelLoadError, PathNotAllowed, UnsupportedArchitecture, WeightsError
+from remora.core.errors import (
+    InvalidInput,
+    ModelLoadError,
+    PathNotAllowed,
+    UnsupportedArchitecture,
+    WeightsError,
+)
 from tests.helpers import write_json
 
 TEXTS = ["hello world", "a second, somewhat longer sentence about remoras and sharks"]
@@ -142,14 +148,14 @@ def test_wrong_shape_in_fused_source(tiny: Path, name: str, bad_shape: tuple[int
 def test_path_that_does_not_exist(tmp_path: Path) -> None:
     engine = make_engine()
     missing = tmp_path / "no-such-model"
-    with pytest.raises(ModelLoadError) as info:
+    with pytest.raises(InvalidInput) as info:
         engine.register("x", missing)
     assert str(missing) in str(info.value)
     assert engine.models() == []
 
 
 def test_path_that_is_a_file(tiny: Path) -> None:
-    with pytest.raises(ModelLoadError, match="does not exist"):
+    with pytest.raises(InvalidInput, match="does not exist"):
         make_engine().register("x", tiny / "config.json")
 
 

@@ -23,8 +23,9 @@ import numpy as np
 import pytest
 import torch
 
+from remora.core import Engine, EngineSettings
 from remora.core.config import HubRef, HubSettings, ModelSpec
-from remora.core.errors import MemoryBusy, ModelLoadError, ModelTooLarge, WeightsError
+from remora.core.errors import InvalidInput, MemoryBusy, ModelLoadError, ModelTooLarge, WeightsError
 from remora.core.layers.attention import select_attention
 from remora.core.memory import estimate_model_bytes, rss_bytes
 from remora.core.model import LoadedModel, Runtime
@@ -489,3 +490,16 @@ def test_lease_is_a_context_manager_and_releases_once(three: tuple[ModelPool, Re
     lease.release()
     assert pool.status_of("a").in_use == 1
     other.release()
+
+
+def test_an_alias_never_shadows_another_model(tmp_path: Path) -> None:
+    engine = Engine(EngineSettings(device="cpu", register_defaults=False))
+    engine.register("a", minilm_dir())
+    with pytest.raises(InvalidInput, match="'a' already names another model"):
+        engine.register("b", minilm_dir(), aliases=["a"])
+    engine.register("b", minilm_dir(), aliases=["b-alias"])
+    with pytest.raises(InvalidInput, match="'b-alias' already names another model"):
+        engine.register("b-alias", minilm_dir())
+    assert engine.resolve_id("a") == "a" and engine.resolve_id("b-alias") == "b"
+    engine.register("b", minilm_dir(), aliases=["b-alias", "b2"])  # re-registering keeps its own names
+    assert engine.resolve_id("b2") == "b"
