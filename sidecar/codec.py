@@ -88,3 +88,24 @@ def respond(request: Request, payload: dict[str, Any], *, status: int = 200) -> 
 def json_response(payload: Any, *, status: int = 200) -> Response:
     return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), status_code=status,
                     media_type="application/json")
+
+
+def body_schema(model: type[BaseModel]) -> dict[str, object]:
+    """openapi_extra documenting a request body that the route reads itself (JSON or msgpack).
+    The schema is inlined (nested models dereferenced): FastAPI only lists the models it parses
+    itself under components, so a $ref to this one would dangle."""
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return inline(definitions[ref.removeprefix("#/$defs/")])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(item) for item in node]
+        return node
+
+    body = {"schema": inline(schema)}
+    return {"requestBody": {"required": True, "content": {"application/json": body, "application/msgpack": body}}}

@@ -46,9 +46,6 @@ STATUS: dict[str, int] = {
 _OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
                  413: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error"}
 
-# TEI's error_type per status (text-embeddings-inference's ErrorType).
-_TEI_TYPES = {400: "Empty", 404: "Validation", 413: "Validation", 422: "Validation", 429: "Overloaded", 503: "Unhealthy"}
-
 TEI_PATHS = ("/embed", "/embed_all", "/embed_sparse", "/rerank", "/tokenize", "/decode", "/info", "/health", "/predict")
 
 
@@ -64,12 +61,19 @@ def error_response(path: str, code: str, message: str, *, retry_after: float | N
     status = status_of(code)
     body: dict[str, object]
     if is_tei(path):
-        kind = "Empty" if code == "EMPTY_INPUT" else _TEI_TYPES.get(status, "Backend")
-        body = {"error": message, "error_type": kind, "code": code}
+        # TEI's ErrorType: Empty (400), Validation (422; TEI also reports over-long and too many
+        # inputs there), Overloaded (429), Unhealthy (503), Backend (424 for other failures).
         if code == "EMPTY_INPUT":
-            status = 400
-        elif status >= 500 and status != 503:
-            status = 424  # TEI reports backend failures as 424 Failed Dependency
+            kind, status = "Empty", 400
+        elif code in ("INVALID_JSON", "INPUT_TOO_LONG", "TOO_MANY_INPUTS"):
+            kind, status = "Validation", 422
+        elif status < 500:
+            kind = "Overloaded" if status == 429 else "Validation"
+        elif status == 503:
+            kind = "Unhealthy"
+        else:
+            kind, status = "Backend", 424
+        body = {"error": message, "error_type": kind, "code": code}
     else:
         error_type = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
         body = {"error": {"code": code, "message": message, "type": error_type}}

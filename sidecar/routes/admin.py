@@ -11,7 +11,7 @@ from starlette.responses import Response
 from remora.core.config import HubRef
 from remora.core.errors import ModelLoadError, PathNotAllowed
 from remora.core.pool import ModelStatus, State
-from remora.sidecar.codec import WireError, json_response, read_body
+from remora.sidecar.codec import WireError, body_schema, json_response, read_body
 from remora.sidecar.metrics import CONTENT_TYPE
 from remora.sidecar.registry import RegistryError
 from remora.sidecar.state import remora
@@ -67,7 +67,7 @@ class RegisterRequest(BaseModel):
     document_prompt: str | None = None
 
 
-@router.post("/v1/models", tags=["models"], status_code=201)
+@router.post("/v1/models", tags=["models"], status_code=201, openapi_extra=body_schema(RegisterRequest))
 async def register_model(request: Request) -> Response:
     """Register a model without a restart. A path must lie inside REMORA_MODEL_ROOTS, and the
     API refuses paths altogether when no root is configured."""

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
-from remora.sidecar.codec import read_body, respond, vectors_for_wire, wants_msgpack
+from remora.sidecar.codec import body_schema, read_body, respond, vectors_for_wire, wants_msgpack
 from remora.sidecar.errors import error_response
 from remora.sidecar.state import remora
 
@@ -58,12 +58,7 @@ class ScoreResponse(BaseModel):
     usage: Usage
 
 
-def _body_schema(model: type[BaseModel]) -> dict[str, object]:
-    schema = {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
-    return {"requestBody": {"required": True, "content": {"application/json": schema, "application/msgpack": schema}}}
-
-
-@router.post("/v1/encode", response_model=EncodeResponse, openapi_extra=_body_schema(EncodeRequest))
+@router.post("/v1/encode", response_model=EncodeResponse, openapi_extra=body_schema(EncodeRequest))
 async def encode(request: Request) -> Response:
     state = remora(request)
     body = await read_body(request, EncodeRequest)
@@ -86,7 +81,7 @@ async def encode(request: Request) -> Response:
     })
 
 
-@router.post("/v1/score", response_model=ScoreResponse, openapi_extra=_body_schema(ScoreRequest))
+@router.post("/v1/score", response_model=ScoreResponse, openapi_extra=body_schema(ScoreRequest))
 async def score(request: Request) -> Response:
     state = remora(request)
     body = await read_body(request, ScoreRequest)

@@ -28,8 +28,8 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import Response
 
-from remora.sidecar.codec import json_response, read_body
-from remora.sidecar.routes.compat_common import body_schema, text_only
+from remora.sidecar.codec import body_schema, json_response, read_body
+from remora.sidecar.routes.compat_common import text_only
 from remora.sidecar.state import remora
 
 router = APIRouter(tags=["openai"])

@@ -22,8 +22,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
-from remora.sidecar.codec import WireError, json_response, read_body
-from remora.sidecar.routes.compat_common import body_schema
+from remora.sidecar.codec import WireError, body_schema, json_response, read_body
 from remora.sidecar.state import remora
 
 router = APIRouter(tags=["rerank"])

@@ -45,8 +45,8 @@ from starlette.responses import Response
 from remora.core.errors import RemoraError
 from remora.core.model import LoadedModel
 from remora.core.pool import State
-from remora.sidecar.codec import WireError, json_response, read_body
-from remora.sidecar.routes.compat_common import body_schema, text_only
+from remora.sidecar.codec import WireError, body_schema, json_response, read_body
+from remora.sidecar.routes.compat_common import text_only
 from remora.sidecar.state import Remora, remora
 
 router = APIRouter(tags=["tei"])

@@ -344,3 +344,27 @@ def test_no_internal_errors_were_logged(client: httpx.Client, default_server: Se
     assert client.get("/healthz").status_code == 200
     logs = default_server.logs()
     assert "Traceback" not in logs and "internal error" not in logs, logs
+
+
+def test_openapi_documents_every_request_body_without_dangling_refs(client: httpx.Client) -> None:
+    spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+
+    def refs(node: Any) -> Iterator[str]:
+        if isinstance(node, dict):
+            if isinstance(node.get("$ref"), str):
+                yield node["$ref"]
+            for value in node.values():
+                yield from refs(value)
+        elif isinstance(node, list):
+            for item in node:
+                yield from refs(item)
+
+    dangling = [r for r in refs(spec) if r.removeprefix("#/components/schemas/") not in schemas]
+    assert dangling == []
+    for path in ("/v1/encode", "/v1/score", "/v1/embeddings", "/v1/rerank", "/embed", "/rerank", "/v1/models"):
+        body = spec["paths"][path]["post"]["requestBody"]["content"]
+        assert {"application/json", "application/msgpack"} <= set(body), path
+    assert "inputs" in spec["paths"]["/v1/encode"]["post"]["requestBody"]["content"]["application/json"]["schema"][
+        "properties"
+    ]
