@@ -176,6 +176,16 @@ def main() -> int:
         st.encode(texts, batch_size=REQUEST_SIZE)
         return time.perf_counter() - started
 
+    def st_query_latencies(n: int) -> list[float]:
+        out = []
+        for i in range(n):
+            started = time.perf_counter()
+            st.encode([QUERIES[i % len(QUERIES)]])
+            out.append(time.perf_counter() - started)
+        return out
+
+    st_query_latencies(20)
+    st_lat = st_query_latencies(args.queries)
     port = free_port()
     server = start_server(port, args.threads)
     try:
@@ -208,7 +218,10 @@ def main() -> int:
     lat_ms = sorted(x * 1000 for x in lat)
     p50, p99 = statistics.median(lat_ms), lat_ms[int(len(lat_ms) * 0.99) - 1]
     cold_s = statistics.median(cold)
-    print(f"single short query over HTTP: p50 {p50:.2f} ms, p99 {p99:.2f} ms ({len(lat)} queries)")
+    st_ms = sorted(x * 1000 for x in st_lat)
+    print(f"single short query over HTTP: p50 {p50:.2f} ms, p99 {p99:.2f} ms ({len(lat)} queries); "
+          f"sentence-transformers in-process, no HTTP: p50 {statistics.median(st_ms):.2f} ms, "
+          f"p99 {st_ms[int(len(st_ms) * 0.99) - 1]:.2f} ms")
     print(f"cold load to first vector: median {cold_s * 1000:.0f} ms, min {min(cold) * 1000:.0f} ms, "
           f"max {max(cold) * 1000:.0f} ms (5 unload/encode cycles)")
     checks = [
