@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -125,3 +126,16 @@ def randomize_layernorms(model: torch.nn.Module, seed: int = 0) -> None:
         for name, param in model.named_parameters():
             if "LayerNorm" in name:
                 param.add_(torch.randn(param.shape, generator=gen) * 0.1)
+
+
+def link_model_copy(src: Path, target: Path) -> Path:
+    """A model directory under a new name: hard links (read-only use), copies across devices."""
+
+    def link(source: str, dest: str) -> None:
+        try:
+            os.link(source, dest)
+        except OSError:
+            shutil.copy2(source, dest)
+
+    shutil.copytree(src, target, copy_function=link)
+    return target

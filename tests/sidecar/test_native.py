@@ -19,19 +19,12 @@ import pytest
 from remora.core import Engine, EngineSettings
 from remora.core.defaults import DEFAULT_MODEL_ID
 from tests.helpers import minilm_dir, write_json
+from tests.sidecar.samples import QUERY, TEXTS
 from tests.sidecar.server import ServerProcess
 
 pytestmark = pytest.mark.integration
 
 ATOL = 1e-5
-TEXTS = [
-    "Sea otters crack shellfish open with rocks they carry.",
-    "",
-    "Ünïcödé, emoji 🦈 and 中文 text",
-    "Vector databases store embeddings next to the documents they describe. " * 30,  # past 256 tokens
-    "a",
-]
-QUERY = "how do sea otters open shellfish"
 DOCS = ["Sea otters crack shellfish open with rocks they carry.", "", "The stock market closed higher. " * 40,
         "otter", "中文 🦈 ünïcödé"]
 QUERY_PROMPT = "query: "

@@ -3,8 +3,6 @@ memory budget that holds two of them, a corrupt copy, and (a second server) a ti
 
 from __future__ import annotations
 
-import os
-import shutil
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,24 +16,12 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from remora.core.memory import estimate_model_bytes
-from tests.helpers import minilm_dir
+from tests.helpers import link_model_copy, minilm_dir
 from tests.sidecar.server import ServerProcess
 
 pytestmark = pytest.mark.integration
 
 COPIES = ("m1", "m2", "m3")
-
-
-def link_copy(src: Path, target: Path) -> Path:
-    """The model directory under another name, hard-linked (nothing here writes to it)."""
-    def link(source: str, dest: str) -> None:
-        try:
-            os.link(source, dest)
-        except OSError:
-            shutil.copy2(source, dest)
-
-    shutil.copytree(src, target, copy_function=link)
-    return target
 
 
 def write_registry(root: Path, entries: list[str]) -> Path:
@@ -73,8 +59,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, budget: int) -> Iterator[Se
     root = tmp_path_factory.mktemp("pool-http")
     names = (*COPIES, "single", "nowait")
     for name in names:
-        link_copy(minilm_dir(), root / name)
-    broken = link_copy(minilm_dir(), root / "broken")
+        link_model_copy(minilm_dir(), root / name)
+    broken = link_model_copy(minilm_dir(), root / "broken")
     weights = broken / "model.safetensors"
     data = weights.read_bytes()
     weights.unlink()  # a hard link: write a truncated file of its own, never into the original
@@ -176,7 +162,7 @@ def test_corrupt_model_fails_alone(client: httpx.Client) -> None:
 @pytest.fixture(scope="module")
 def queue_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     root = tmp_path_factory.mktemp("queue-http")
-    link_copy(minilm_dir(), root / "q")
+    link_model_copy(minilm_dir(), root / "q")
     config = write_registry(root, ["  - id: q\n    path: q\n    preload: true\n"])
     server = ServerProcess(config=config, env={"REMORA_DEVICE": "cpu", "REMORA_MAX_QUEUE": "8"}, log=root / "server.log")
     server.wait_healthy().wait_ready()

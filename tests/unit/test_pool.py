@@ -30,18 +30,13 @@ from remora.core.layers.attention import select_attention
 from remora.core.memory import estimate_model_bytes, rss_bytes
 from remora.core.model import LoadedModel, Runtime
 from remora.core.pool import Lease, ModelPool, PoolEvent, State
-from tests.helpers import minilm_dir, randomize_layernorms, save_tiny, tiny_bert_config
+from tests.helpers import link_model_copy, minilm_dir, randomize_layernorms, save_tiny, tiny_bert_config
 
 TEXTS = ["hello world", "a second, somewhat longer sentence about remoras and sharks"]
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -76,18 +71,6 @@ def make_pool(budget: int, *, load_timeout_s: float = 30.0, hub: HubSettings | N
     return ModelPool(runtime, budget_bytes=budget, load_timeout_s=load_timeout_s, hub=hub)
 
 
-def copy_model(src: Path, target: Path) -> Path:
-    """A model directory under a new name: hard links (read-only use), copies across devices."""
-    def link(source: str, dest: str) -> None:
-        try:
-            os.link(source, dest)
-        except OSError:
-            shutil.copy2(source, dest)
-
-    shutil.copytree(src, target, copy_function=link)
-    return target
-
-
 class Recorder:
     """Collects pool events, and checks the budget at every one of them."""
 
@@ -115,7 +98,7 @@ def three(tiny_src: Path, tmp_path: Path, tiny_bytes: int) -> Iterator[tuple[Mod
     """Models a, b, c (tiny copies) in a pool whose budget holds exactly two of them."""
     pool = make_pool(2 * tiny_bytes, load_timeout_s=1.0)
     for name in "abc":
-        pool.register(ModelSpec(name, copy_model(tiny_src, tmp_path / name)))
+        pool.register(ModelSpec(name, link_model_copy(tiny_src, tmp_path / name)))
     recorder = Recorder(pool)
     yield pool, recorder
     pool.close()
@@ -418,7 +401,7 @@ def test_unloading_gives_memory_back(tmp_path: Path) -> None:
     even one model per cycle would be ~435 MiB. A loaded model must show up in RSS (> 60 MiB), so
     the measurement can see a model at all.
     """
-    model_dir = copy_model(minilm_dir(), tmp_path / "minilm-copy")
+    model_dir = link_model_copy(minilm_dir(), tmp_path / "minilm-copy")
     pool = make_pool(1 << 30)
     pool.register(ModelSpec("m", model_dir))
     texts = [" ".join(["memory"] * n) for n in (3, 40, 200)]

@@ -40,12 +40,7 @@ TOL = 1e-6
 LONG_PROMPT = "Represent this passage for retrieval by a long instruction prompt: "
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_pool(budget: int = 1 << 31) -> ModelPool:
