@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 PoolingMode = Literal["cls", "mean", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken"]
-Task = Literal["encode", "score"]
+Task = Literal["encode", "score", "extract"]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
 AttentionName = Literal["auto", "flash", "torch_varlen", "sdpa", "cpu", "eager"]
 

@@ -16,28 +16,16 @@ from torch import nn
 
 from remora.core.config import ModelSpec
 from remora.core.errors import ModelLoadError, WeightsError
-from remora.core.heads.cross_encoder import BertClassificationHead, RobertaClassificationHead
+from remora.core.heads.cross_encoder import count_labels
 from remora.core.heads.dense import DenseStep
 from remora.core.model import LoadedModel, Runtime, TextModel
-from remora.core.registry import Architecture, build_encoder, resolve
+from remora.core.registry import Architecture, build_encoder, head_class, resolve
 from remora.core.st_format import StConfig, read_json, read_st_config, tokenizer_max_length
 from remora.core.tokenizer import TextTokenizer
 from remora.core.weights import Checkpoint, expand, load_weights, prefixed
 
-HEADS: dict[str, type[BertClassificationHead] | type[RobertaClassificationHead]] = {
-    "bert": BertClassificationHead,
-    "roberta": RobertaClassificationHead,
-}
-
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
-
-
-def _num_labels(config: dict[str, Any]) -> int:
-    id2label = config.get("id2label")
-    if isinstance(id2label, dict) and id2label:
-        return len(id2label)
-    return int(config.get("num_labels", 2))
 
 
 def _resolve_spec(spec: ModelSpec, arch: Architecture, st: StConfig, max_tokens: int) -> ModelSpec:
@@ -52,7 +40,7 @@ def _resolve_spec(spec: ModelSpec, arch: Architecture, st: StConfig, max_tokens:
     return dataclasses.replace(
         spec,
         tasks=spec.tasks or (arch.task,),
-        pooling=spec.pooling or st.pooling or ("mean",),
+        pooling=spec.pooling or st.pooling or arch.pooling,
         include_prompt=st.include_prompt if spec.include_prompt is None else spec.include_prompt,
         normalize=bool(st.post) and st.post[-1].kind == "normalize" if spec.normalize is None else spec.normalize,
         # Never past what the position table holds, whatever the configs claim.
@@ -90,19 +78,19 @@ def load_model(spec: ModelSpec, runtime: Runtime) -> LoadedModel:
             encoder = build_encoder(arch.family, config, runtime.attention)
             head = None
             if arch.head is not None:
-                head = HEADS[arch.head](encoder.hidden_size, _num_labels(config))
+                head = head_class(arch.head)(config, encoder.hidden_size)
     except (KeyError, ValueError, TypeError) as exc:
         raise ModelLoadError(f"cannot build {arch_name} from {path / 'config.json'}: {exc!r}") from exc
     module = TextModel(encoder, head)
 
     names = checkpoint.names()
-    prefix = next((p for p in encoder.prefixes if f"{p}embeddings.word_embeddings.weight" in names), None)
+    prefix = next((p for p in encoder.prefixes if f"{p}{encoder.embed_key}" in names), None)
     if prefix is None:
         raise WeightsError(
-            f"checkpoint in {path} is missing tensors 'embeddings.word_embeddings.weight' "
+            f"checkpoint in {path} is missing tensors {encoder.embed_key!r} "
             f"(looked under prefixes {list(encoder.prefixes)})"
         )
-    table = {f"encoder.{k}": v for k, v in prefixed(expand(encoder.weight_table(), encoder.args.num_layers), prefix).items()}
+    table = {f"encoder.{k}": v for k, v in prefixed(expand(encoder.weight_table(), encoder.num_layers), prefix).items()}
     drop = [prefix + name for name in encoder.unused] + list(arch.unused)
     if head is not None:
         table.update({f"head.{k}": v for k, v in head.weight_table(prefix).items()})
@@ -148,4 +136,4 @@ def _score_activation(arch: Architecture, st: StConfig, config: dict[str, Any], 
     saved = saved or config.get("sbert_ce_default_activation_function")
     if saved:
         return str(saved)
-    return "torch.nn.modules.activation.Sigmoid" if _num_labels(config) == 1 else None
+    return "torch.nn.modules.activation.Sigmoid" if count_labels(config) == 1 else None

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from remora.core.batch import pack
+from remora.core.batch import PackedBatch, pack
 from remora.core.batcher import plan_batches
 from remora.core.config import ModelSpec
 from remora.core.errors import UnsupportedTask
@@ -20,7 +20,14 @@ from remora.core.layers.activations import module_act
 from remora.core.layers.attention import Attention
 from remora.core.tokenizer import TextTokenizer, Tokenized
 
-Kind = Literal["encode", "score"]
+Kind = Literal["encode", "score", "extract"]
+Output = Literal["dense", "sparse", "multivector"]
+OUTPUTS: tuple[Output, ...] = ("dense", "sparse", "multivector")
+
+# A forward pass's results, by name, indexable by sequence: "dense" [B, dim] and "scores"
+# [B, labels] are arrays; "sparse", "multivector" and "tokens" (per-token logits) are lists.
+Rows = dict[str, Any]
+STACKED = ("dense", "scores")
 
 
 @dataclass(frozen=True)
@@ -30,10 +37,18 @@ class Prepared:
     kind: Kind
     tokens: Tokenized
     prompt_len: int  # prompt tokens to leave out of pooling (0 when the model pools them)
+    outputs: tuple[Output, ...] = ("dense",)  # what an encode request wants from the pass
+    # Host-side data the finishing step needs (extraction: texts, offsets, labels); never batched.
+    extra: Any = None
 
     @property
     def size(self) -> int:
         return len(self.tokens.ids)
+
+    @property
+    def group(self) -> tuple[Kind, tuple[Output, ...]]:
+        """Requests of one group share forward passes."""
+        return (self.kind, self.outputs if self.kind == "encode" else ())
 
 
 @dataclass(frozen=True)
@@ -47,12 +62,26 @@ class Runtime:
 
 
 class TextModel(nn.Module):
-    """Encoder plus an optional classification head; one module so loading checks both at once."""
+    """Encoder plus its optional heads; one module so loading checks them all at once.
 
-    def __init__(self, encoder: nn.Module, head: nn.Module | None) -> None:
+    `head` is the task head (sequence classifier for score, token classifier for extract);
+    `sparse` and `multivector` are extra encode outputs (SPLADE / BGE-M3 sparse weights,
+    ColBERT token vectors), each mapping (hidden [T, h], batch) to one result per sequence.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        head: nn.Module | None,
+        *,
+        sparse: nn.Module | None = None,
+        multivector: nn.Module | None = None,
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.head = head
+        self.sparse = sparse
+        self.multivector = multivector
 
 
 class LoadedModel:
@@ -66,6 +95,7 @@ class LoadedModel:
         runtime: Runtime,
         *,
         score_activation: str | None,
+        sparse_only: bool = False,
     ) -> None:
         self.spec = spec
         self.architecture = architecture
@@ -73,6 +103,7 @@ class LoadedModel:
         self.tokenizer = tokenizer
         self.post = list(post)
         self.runtime = runtime
+        self.sparse_only = sparse_only
         self.pooler = Pooler(spec.pooling or ("mean",), include_prompt=bool(spec.include_prompt))
         self._score_activation = module_act(score_activation)
         self._prompt_lengths: dict[str, int] = {}
@@ -101,15 +132,47 @@ class LoadedModel:
 
     # -- the three steps the scheduler drives: prepare, forward, finish ------------------
 
+    @property
+    def outputs(self) -> tuple[Output, ...]:
+        """The encode outputs this model produces."""
+        module = self.module
+        found: list[Output] = []
+        if self.has_dense:
+            found.append("dense")
+        if module.sparse is not None:
+            found.append("sparse")
+        if module.multivector is not None:
+            found.append("multivector")
+        return tuple(found)
+
+    @property
+    def has_dense(self) -> bool:
+        # A SPLADE model's pooled vectors are its sparse ones; it has no dense output.
+        return self.spec.tasks is not None and "encode" in self.spec.tasks and not self.sparse_only
+
     def prepare_encode(
-        self, texts: Sequence[str], *, is_query: bool = False, prompt: str | None = None, truncate: bool = True
+        self,
+        texts: Sequence[str],
+        *,
+        is_query: bool = False,
+        prompt: str | None = None,
+        truncate: bool = True,
+        outputs: Sequence[Output] = ("dense",),
     ) -> Prepared:
         """Tokenize texts for encoding (the prompt prepended), checking the model encodes."""
         if "encode" not in (self.spec.tasks or ()):
             raise UnsupportedTask(f"model {self.spec.id!r} ({self.architecture}) does not encode")
+        wanted = tuple(dict.fromkeys(outputs))
+        missing = [o for o in wanted if o not in self.outputs]
+        if missing or not wanted:
+            raise UnsupportedTask(
+                f"model {self.spec.id!r} ({self.architecture}) has no {', '.join(missing) or 'requested'} output; "
+                f"it produces: {', '.join(self.outputs) or 'nothing'}"
+            )
         prompt = self.prompt_for(is_query=is_query) if prompt is None else prompt
         inputs = [prompt + t for t in texts] if prompt else list(texts)
-        return Prepared("encode", self.tokenizer.encode(inputs, truncate=truncate), self._prompt_length(prompt))
+        tokens = self.tokenizer.encode(inputs, truncate=truncate)
+        return Prepared("encode", tokens, self._prompt_length(prompt), outputs=wanted)
 
     def prepare_pairs(
         self, queries: Sequence[str], documents: Sequence[str], *, truncate: bool = True
@@ -119,49 +182,95 @@ class LoadedModel:
             raise UnsupportedTask(f"model {self.spec.id!r} ({self.architecture}) does not score pairs")
         return Prepared("score", self.tokenizer.encode_pairs(queries, documents, truncate=truncate), 0)
 
-    def width(self, kind: Kind) -> int:
-        return self.dim if kind == "encode" else self.num_labels
-
     def forward(
-        self, kind: Kind, ids: Sequence[list[int]], type_ids: Sequence[list[int]], prompt_lens: Sequence[int]
-    ) -> torch.Tensor:
-        """One packed forward pass over sequences of any requests -> [B, width] float32 on CPU:
-        pooled vectors through the model's Dense steps (final normalisation is per request),
-        or classifier logits."""
+        self,
+        kind: Kind,
+        ids: Sequence[list[int]],
+        type_ids: Sequence[list[int]],
+        prompt_lens: Sequence[int],
+        outputs: Sequence[Output] = ("dense",),
+    ) -> Rows:
+        """One packed forward pass over sequences of any requests -> results by name, each
+        indexable by sequence, on the CPU: "dense" pooled vectors through the model's Dense steps
+        (final normalisation is per request) [B, dim]; "sparse" / "multivector" lists; "scores"
+        classifier logits [B, labels]; "tokens" per-token logits, a list of [n, labels]."""
         runtime = self.runtime
+        module = self.module
         with torch.inference_mode():
             batch = pack(ids, type_ids).to(runtime.device)
-            hidden = self.module.encoder(batch)  # [T, h]
+            hidden = module.encoder(batch)  # [T, h]
             if kind == "score":
-                assert self.module.head is not None
-                return self.module.head(hidden, batch).float().cpu()  # [B, labels]
-            if self.pooler.include_prompt or not any(prompt_lens):
-                skip: int | torch.Tensor = 0
+                assert module.head is not None
+                return {"scores": module.head(hidden, batch).float().cpu().numpy()}  # [B, labels]
+            if kind == "extract":
+                assert module.head is not None
+                logits = module.head(hidden, batch).float().cpu()  # [T, labels]
+                return {"tokens": list(logits.split(list(batch.lengths)))}
+            rows: Rows = {}
+            for output in outputs:
+                if output == "dense":
+                    rows["dense"] = self._pool(hidden, batch, prompt_lens).numpy()
+                elif output == "sparse":
+                    assert module.sparse is not None
+                    rows["sparse"] = module.sparse(hidden, batch)
+                else:
+                    assert module.multivector is not None
+                    rows["multivector"] = module.multivector(hidden, batch)
+            return rows
+
+    def _pool(self, hidden: torch.Tensor, batch: PackedBatch, prompt_lens: Sequence[int]) -> torch.Tensor:
+        """hidden [T, h] -> [B, dim] float32 on the CPU, through the model's Dense steps."""
+        if self.pooler.include_prompt or not any(prompt_lens):
+            skip: int | torch.Tensor = 0
+        else:
+            skip = torch.tensor(list(prompt_lens), dtype=torch.long, device=batch.device)
+        pooled = self.pooler(hidden, batch, prompt_len=skip)  # [B, pooled width]
+        for step in self._body:
+            pooled = step(pooled) if isinstance(step, DenseStep) else normalize(pooled)
+        return pooled.float().cpu()  # [B, dim]
+
+    def collect(self, prepared: Prepared, items: Sequence[dict[str, Any]]) -> Rows:
+        """Per-sequence results (in request order) -> one request's Rows."""
+        names = self._result_names(prepared)
+        rows: Rows = {}
+        for name in names:
+            values = [item[name] for item in items]
+            if name in STACKED:
+                width = self.dim if name == "dense" else self.num_labels
+                rows[name] = np.stack(values) if values else np.empty((0, width), np.float32)
             else:
-                skip = torch.tensor(list(prompt_lens), dtype=torch.long, device=runtime.device)
-            pooled = self.pooler(hidden, batch, prompt_len=skip)  # [B, pooled width]
-            for step in self._body:
-                pooled = step(pooled) if isinstance(step, DenseStep) else normalize(pooled)
-            return pooled.float().cpu()  # [B, dim]
+                rows[name] = values
+        return rows
+
+    @staticmethod
+    def _result_names(prepared: Prepared) -> tuple[str, ...]:
+        if prepared.kind == "score":
+            return ("scores",)
+        if prepared.kind == "extract":
+            return ("tokens",)
+        return prepared.outputs
 
     def finish(
-        self, kind: Kind, rows: np.ndarray, *, normalize_output: bool | None = None, apply_activation: bool = True
+        self, kind: Kind, rows: Rows, *, normalize_output: bool | None = None, apply_activation: bool = True
     ) -> np.ndarray:
-        """Per-request last step on [N, width] rows: the final normalisation (the model's own
-        unless `normalize_output` says otherwise) or the cross-encoder's activation."""
-        tensor = torch.from_numpy(rows)
+        """Per-request last step on the dense vectors (the final normalisation, the model's own
+        unless `normalize_output` says otherwise) or the scores (the cross-encoder's activation)
+        -> [N, width] float32."""
         if kind == "encode":
+            tensor = torch.from_numpy(rows["dense"])
             if normalize_output or (normalize_output is None and self._trailing_normalize):
                 tensor = normalize(tensor)
-        elif apply_activation:
-            tensor = self._score_activation(tensor)
+        else:
+            tensor = torch.from_numpy(rows["scores"])
+            if apply_activation:
+                tensor = self._score_activation(tensor)
         return tensor.numpy()
 
-    def run(self, prepared: Prepared) -> np.ndarray:
-        """Forward every sequence of one request in token-budget batches -> [N, width] rows."""
+    def run(self, prepared: Prepared) -> Rows:
+        """Forward every sequence of one request in token-budget batches -> its Rows."""
         tokens = prepared.tokens
         runtime = self.runtime
-        out = np.empty((prepared.size, self.width(prepared.kind)), dtype=np.float32)
+        items: list[dict[str, Any]] = [{} for _ in range(prepared.size)]
         plan = plan_batches(tokens.lengths, max_tokens=runtime.max_batch_tokens, max_seqs=runtime.max_batch_size)
         for indices in plan:
             rows = self.forward(
@@ -169,9 +278,11 @@ class LoadedModel:
                 [tokens.ids[i] for i in indices],
                 [tokens.type_ids[i] for i in indices],
                 [prepared.prompt_len] * len(indices),
+                prepared.outputs,
             )
-            out[np.asarray(indices)] = rows.numpy()
-        return out
+            for b, i in enumerate(indices):
+                items[i] = {name: value[b] for name, value in rows.items()}
+        return self.collect(prepared, items)
 
     def workspace_bytes(self, num_tokens: int, longest: int) -> int:
         """Activation memory a forward pass of `num_tokens` needs at its peak (an estimate for
@@ -179,9 +290,8 @@ class LoadedModel:
         plus one sequence's attention scores."""
         encoder = self.module.encoder
         hidden = int(getattr(encoder, "hidden_size", 0))
-        args = getattr(encoder, "args", None)
-        intermediate = int(getattr(args, "intermediate_size", 4 * hidden))
-        heads = int(getattr(args, "num_heads", 1))
+        intermediate = int(getattr(encoder, "intermediate_size", 4 * hidden))
+        heads = int(getattr(encoder, "num_heads", 1))
         element = next(self.module.parameters()).element_size()
         per_token = (8 * hidden + 2 * intermediate) * element
         return num_tokens * per_token + heads * longest * longest * 4

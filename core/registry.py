@@ -19,6 +19,20 @@ from remora.core.layers.attention import Attention
 FAMILIES: dict[str, str] = {
     "bert": "remora.core.models.bert",
     "xlm_roberta": "remora.core.models.xlm_roberta",
+    "qwen": "remora.core.models.qwen",
+    "mpnet": "remora.core.models.mpnet",
+    "deberta_v2": "remora.core.models.deberta_v2",
+}
+
+# Heads by name: "module:Class". A head is built as Class(config, hidden_size) and maps its
+# parameters to checkpoint names with Class.weight_table(prefix).
+HEADS: dict[str, str] = {
+    "bert": "remora.core.heads.cross_encoder:BertClassificationHead",
+    "roberta": "remora.core.heads.cross_encoder:RobertaClassificationHead",
+    "last_token": "remora.core.heads.last_token:LastTokenHead",
+    "yes_no": "remora.core.heads.yes_no:YesNoHead",
+    "deberta": "remora.core.heads.deberta:ContextPoolerHead",
+    "token": "remora.core.heads.token:TokenClassificationHead",
 }
 
 
@@ -26,9 +40,12 @@ FAMILIES: dict[str, str] = {
 class Architecture:
     family: str
     task: Task
-    head: str | None = None  # classification head for "score": "bert" or "roberta"
+    head: str | None = None  # a HEADS name: sequence head for "score", token head for "extract"
     # Checkpoint tensors this architecture carries that its task does not use (an MLM head).
     unused: tuple[str, ...] = ()
+    # Pooling when the directory has no sentence-transformers Pooling module (decoders embed
+    # with their last token).
+    pooling: tuple[str, ...] = ("mean",)
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -41,6 +58,19 @@ ARCHITECTURES: dict[str, Architecture] = {
     "RobertaModel": Architecture("xlm_roberta", "encode"),
     "RobertaForMaskedLM": Architecture("xlm_roberta", "encode", unused=("lm_head.*",)),
     "RobertaForSequenceClassification": Architecture("xlm_roberta", "score", head="roberta"),
+    "Qwen2Model": Architecture("qwen", "encode", pooling=("lasttoken",)),
+    "Qwen3Model": Architecture("qwen", "encode", pooling=("lasttoken",)),
+    "Qwen2ForCausalLM": Architecture("qwen", "encode", unused=("lm_head.weight",), pooling=("lasttoken",)),
+    "Qwen3ForCausalLM": Architecture("qwen", "encode", unused=("lm_head.weight",), pooling=("lasttoken",)),
+    "Qwen2ForSequenceClassification": Architecture("qwen", "score", head="last_token"),
+    "Qwen3ForSequenceClassification": Architecture("qwen", "score", head="last_token"),
+    "MPNetModel": Architecture("mpnet", "encode"),
+    "MPNetForMaskedLM": Architecture("mpnet", "encode", unused=("lm_head.*",)),
+    "MPNetForSequenceClassification": Architecture("mpnet", "score", head="roberta"),
+    "DebertaV2Model": Architecture("deberta_v2", "encode"),
+    "DebertaV2ForMaskedLM": Architecture("deberta_v2", "encode", unused=("cls.*", "lm_predictions.*", "mask_predictions.*")),
+    "DebertaV2ForSequenceClassification": Architecture("deberta_v2", "score", head="deberta"),
+    "DebertaV2ForTokenClassification": Architecture("deberta_v2", "extract", head="token"),
 }
 
 # For configs without an `architectures` list.
@@ -48,6 +78,10 @@ MODEL_TYPES: dict[str, str] = {
     "bert": "BertModel",
     "xlm-roberta": "XLMRobertaModel",
     "roberta": "RobertaModel",
+    "qwen2": "Qwen2Model",
+    "qwen3": "Qwen3Model",
+    "mpnet": "MPNetModel",
+    "deberta-v2": "DebertaV2Model",
 }
 
 
@@ -68,3 +102,9 @@ def build_encoder(family: str, config: Mapping[str, Any], attention: Attention) 
     module = importlib.import_module(FAMILIES[family])
     encoder: nn.Module = module.build(config, attention)
     return encoder
+
+
+def head_class(name: str) -> Any:
+    """The head class registered under `name` (imported on first use)."""
+    module_name, _, attr = HEADS[name].partition(":")
+    return getattr(importlib.import_module(module_name), attr)

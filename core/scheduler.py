@@ -22,12 +22,12 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
-import numpy as np
 import torch
 
 from remora.core.errors import DeadlineExceeded, QueueFull, ResourceExhausted, ShuttingDown
-from remora.core.model import Kind, LoadedModel, Prepared
+from remora.core.model import Kind, LoadedModel, Output, Prepared, Rows
 from remora.core.pool import Lease, ModelPool
 
 log = logging.getLogger("remora.scheduler")
@@ -49,8 +49,8 @@ class BatchEvent:
 class _Job:
     model_id: str
     prepared: Prepared
-    future: Future[np.ndarray]
-    out: np.ndarray  # [N, width] float32, filled batch by batch
+    future: Future[Rows]
+    items: list[dict[str, Any]]  # one result per sequence (by output name), filled batch by batch
     remaining: int
     deadline: float | None  # monotonic
     enqueued: float = field(default_factory=time.monotonic)
@@ -70,6 +70,7 @@ class _Queue:
     model: LoadedModel
     model_id: str
     kind: Kind
+    outputs: tuple[Output, ...]
     items: deque[tuple[_Job, int]] = field(default_factory=deque)  # (job, sequence index)
     tokens: int = 0  # real tokens waiting
 
@@ -101,7 +102,7 @@ class Scheduler:
         self.max_wait = max_wait_ms / 1000
         self.max_queue = max_queue
         self.listeners: list[Callable[[BatchEvent], None]] = []
-        self._queues: dict[tuple[int, Kind], _Queue] = {}  # keyed by model object: a re-registered
+        self._queues: dict[tuple[int, Any], _Queue] = {}  # keyed by model object: a re-registered
         # model gets a new queue while the old copy finishes its own
         self._cond = threading.Condition()
         self._stopping = False
@@ -109,21 +110,20 @@ class Scheduler:
 
     # -- callers --------------------------------------------------------------------------
 
-    def submit(self, lease: Lease, prepared: Prepared, *, deadline: float | None = None) -> Future[np.ndarray]:
-        """Queue a request's sequences; the future gets its [N, width] rows (before `finish`).
+    def submit(self, lease: Lease, prepared: Prepared, *, deadline: float | None = None) -> Future[Rows]:
+        """Queue a request's sequences; the future gets its Rows (before `finish`).
         Cancel the future to drop the request. The lease must stay held until it completes."""
         model = lease.model
-        future: Future[np.ndarray] = Future()
-        job = _Job(lease.model_id, prepared, future, np.empty((prepared.size, model.width(prepared.kind)), np.float32),
-                   prepared.size, deadline)
+        future: Future[Rows] = Future()
+        job = _Job(lease.model_id, prepared, future, [{} for _ in range(prepared.size)], prepared.size, deadline)
         if prepared.size == 0:
-            future.set_result(job.out)
+            future.set_result(model.collect(prepared, []))
             return future
         lengths = prepared.tokens.lengths
         with self._cond:
             if self._stopping:
                 raise ShuttingDown("the server is shutting down", retry_after=1.0)
-            key = (id(model), prepared.kind)
+            key = (id(model), prepared.group)
             queue = self._queues.get(key)
             waiting = len(queue.items) if queue else 0
             if waiting and waiting + prepared.size > self.max_queue:
@@ -132,7 +132,7 @@ class Scheduler:
                     retry_after=1.0,
                 )
             if queue is None:
-                queue = self._queues[key] = _Queue(model, lease.model_id, prepared.kind)
+                queue = self._queues[key] = _Queue(model, lease.model_id, prepared.kind, prepared.outputs)
             # Longest first within a request, so its batches hold similar lengths.
             for index in sorted(range(prepared.size), key=lambda i: -lengths[i]):
                 queue.items.append((job, index))
@@ -246,19 +246,22 @@ class Scheduler:
         # On CPU the budget is the out-of-memory line: make room for the activations first.
         self.pool.make_room(model.workspace_bytes(sum(lengths), max(lengths)), keep=model)
         try:
-            rows = self._forward(model, queue.kind, batch)
+            results = self._forward(model, queue, batch)
         except Exception as exc:  # the requests get it; the compute thread goes on
             for job, _ in batch:
                 job.fail(exc)
             return
-        for (job, index), row in zip(batch, rows, strict=True):
-            if job.done:
+        for (job, index), result in zip(batch, results, strict=True):
+            if job.done or result is None:
                 continue
-            job.out[index] = row
+            job.items[index] = result
             job.remaining -= 1
             if job.remaining == 0:
                 job.done = True
-                job.future.set_result(job.out)
+                try:
+                    job.future.set_result(model.collect(job.prepared, job.items))
+                except Exception as exc:  # a bug in collecting fails this request only
+                    job.future.set_exception(exc)
         event = BatchEvent(queue.model_id, queue.kind, sum(lengths), len(batch), time.perf_counter() - started, waits)
         for listener in self.listeners:
             try:
@@ -266,14 +269,16 @@ class Scheduler:
             except Exception:  # a metrics bug must not stop the compute thread
                 log.exception("scheduler listener failed on %s", event)
 
-    def _forward(self, model: LoadedModel, kind: Kind, batch: list[tuple[_Job, int]]) -> np.ndarray:
-        def run(items: list[tuple[_Job, int]]) -> np.ndarray:
-            return model.forward(
-                kind,
+    def _forward(self, model: LoadedModel, queue: _Queue, batch: list[tuple[_Job, int]]) -> list[dict[str, Any] | None]:
+        def run(items: list[tuple[_Job, int]]) -> list[dict[str, Any] | None]:
+            rows = model.forward(
+                queue.kind,
                 [job.prepared.tokens.ids[i] for job, i in items],
                 [job.prepared.tokens.type_ids[i] for job, i in items],
                 [job.prepared.prompt_len for job, _ in items],
-            ).numpy()
+                queue.outputs,
+            )
+            return [{name: value[b] for name, value in rows.items()} for b in range(len(items))]
 
         try:
             return run(batch)
@@ -283,9 +288,11 @@ class Scheduler:
         self.pool.evict_idle(keep=model)
         return self._split(run, batch)
 
-    def _split(self, run: Callable[[list[tuple[_Job, int]]], np.ndarray], items: list[tuple[_Job, int]]) -> np.ndarray:
-        if all(job.done for job, _ in items):  # failed already: placeholder rows, skipped by _execute
-            return np.zeros((len(items), items[0][0].out.shape[1]), np.float32)
+    def _split(
+        self, run: Callable[[list[tuple[_Job, int]]], list[dict[str, Any] | None]], items: list[tuple[_Job, int]]
+    ) -> list[dict[str, Any] | None]:
+        if all(job.done for job, _ in items):  # failed already: no results, skipped by _execute
+            return [None] * len(items)
         try:
             return run(items)
         except Exception as exc:
@@ -298,6 +305,6 @@ class Scheduler:
                 )
                 error.__cause__ = exc
                 items[0][0].fail(error)
-                return np.zeros((1, items[0][0].out.shape[1]), np.float32)
+                return [None]
         half = len(items) // 2
-        return np.concatenate([self._split(run, items[:half]), self._split(run, items[half:])])
+        return self._split(run, items[:half]) + self._split(run, items[half:])

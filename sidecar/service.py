@@ -19,7 +19,7 @@ from starlette.requests import Request
 
 from remora.core.engine import Engine
 from remora.core.errors import DeadlineExceeded, InvalidInput, ModelLoading
-from remora.core.model import LoadedModel, Prepared
+from remora.core.model import LoadedModel, Prepared, Rows
 from remora.core.pool import Lease
 from remora.sidecar.codec import WireError
 from remora.sidecar.settings import ServerSettings
@@ -31,7 +31,8 @@ NO_WAIT_HEADER = "remora-no-wait"
 @dataclass(frozen=True)
 class Result:
     model_id: str
-    rows: np.ndarray  # encode: [N, dim] vectors; score: [N, labels] scores
+    # Finished results: encode [N, dim] vectors, score [N] scores; `run` gives the model's Rows.
+    rows: Any
     tokens: int
     model: LoadedModel
 
@@ -110,7 +111,7 @@ class Service:
             if not queued:
                 lease.release()
 
-    async def _await(self, request: Request | None, result: asyncio.Future[np.ndarray], deadline: float) -> np.ndarray:
+    async def _await(self, request: Request | None, result: asyncio.Future[Rows], deadline: float) -> Rows:
         """The result, or cancellation when the client disconnects or the deadline passes
         (a cancelled request still waiting in the queue is dropped before compute)."""
         watcher = asyncio.ensure_future(_disconnected(request)) if request is not None else None

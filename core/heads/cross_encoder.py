@@ -6,12 +6,23 @@ first token of each sequence ([CLS] / <s>), as transformers' `...ForSequenceClas
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import nn
 
 from remora.core.batch import PackedBatch
 from remora.core.layers.uninit import Linear
 from remora.core.weights import Source
+
+
+def count_labels(config: Mapping[str, Any]) -> int:
+    """Labels of a classification checkpoint: id2label when saved, else num_labels (default 2)."""
+    id2label = config.get("id2label")
+    if isinstance(id2label, dict) and id2label:
+        return len(id2label)
+    return int(config.get("num_labels", 2))
 
 
 def first_tokens(hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
@@ -22,9 +33,9 @@ def first_tokens(hidden: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
 class BertClassificationHead(nn.Module):
     """BERT's pooler (dense + tanh on [CLS]) followed by a linear classifier."""
 
-    def __init__(self, hidden_size: int, num_labels: int) -> None:
+    def __init__(self, config: Mapping[str, Any], hidden_size: int) -> None:
         super().__init__()
-        self.num_labels = num_labels
+        self.num_labels = num_labels = count_labels(config)
         self.pooler = Linear(hidden_size, hidden_size)
         self.classifier = Linear(hidden_size, num_labels)
 
@@ -44,9 +55,9 @@ class BertClassificationHead(nn.Module):
 class RobertaClassificationHead(nn.Module):
     """RoBERTa's head: dense + tanh on <s>, then an output projection."""
 
-    def __init__(self, hidden_size: int, num_labels: int) -> None:
+    def __init__(self, config: Mapping[str, Any], hidden_size: int) -> None:
         super().__init__()
-        self.num_labels = num_labels
+        self.num_labels = num_labels = count_labels(config)
         self.dense = Linear(hidden_size, hidden_size)
         self.out_proj = Linear(hidden_size, num_labels)
 

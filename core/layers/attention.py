@@ -1,7 +1,10 @@
 """Attention over a packed batch: one entry point, backends chosen once at engine start.
 
-Every backend takes q, k, v as [T, H, D] (T = real tokens of the whole batch) and returns
-[T, H, D]. Models call the `Attention` they were built with and never branch on device.
+Every backend takes q as [T, H, D] and k, v as [T, Hkv, D] (T = real tokens of the whole batch;
+H a multiple of Hkv: grouped-query attention, query head h reads key/value head h // (H / Hkv))
+and returns [T, H, D]. `causal` hides later tokens; `window=(left, right)` lets token i see only
+tokens i - left .. i + right of its own sequence (sliding-window layers). Models call the
+`Attention` they were built with and never branch on device.
 
 Backends:
 - ``flash``: flash-attn's ``flash_attn_varlen_func`` (CUDA, when installed).
@@ -28,6 +31,28 @@ import torch.nn.functional as F
 
 from remora.core.batch import PackedBatch
 
+Window = tuple[int, int]  # (left, right): how far back and ahead a token may attend
+
+
+def _expand_kv(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """[n, Hkv, D] -> [n, H, D]: each key/value head serves H / Hkv consecutive query heads."""
+    groups = heads // x.shape[1]
+    return x if groups == 1 else x.repeat_interleave(groups, dim=1)
+
+
+def _allowed(n: int, device: torch.device, causal: bool, window: Window | None) -> torch.Tensor | None:
+    """[n, n] bool: which key j query i may attend to; None when all of them."""
+    if not causal and window is None:
+        return None
+    pos = torch.arange(n, device=device)
+    offset = pos[None, :] - pos[:, None]  # j - i
+    ok = torch.ones(n, n, dtype=torch.bool, device=device)
+    if causal:
+        ok &= offset <= 0
+    if window is not None:
+        ok &= (offset >= -window[0]) & (offset <= window[1])
+    return ok
+
 
 class AttentionFn(Protocol):
     def __call__(
@@ -39,6 +64,7 @@ class AttentionFn(Protocol):
         *,
         scale: float,
         causal: bool = False,
+        window: Window | None = None,
     ) -> torch.Tensor: ...
 
 
@@ -58,8 +84,9 @@ class Attention:
         *,
         scale: float,
         causal: bool = False,
+        window: Window | None = None,
     ) -> torch.Tensor:
-        return self.fn(q, k, v, batch, scale=scale, causal=causal)
+        return self.fn(q, k, v, batch, scale=scale, causal=causal, window=window)
 
 
 def eager_attention(
@@ -70,17 +97,19 @@ def eager_attention(
     *,
     scale: float,
     causal: bool = False,
+    window: Window | None = None,
 ) -> torch.Tensor:
     out = torch.empty_like(q)
+    heads = q.shape[1]
     bounds = batch.cu_seqlens.tolist()
     for start, end in itertools.pairwise(bounds):
         # [n, H, D] -> [H, n, D]; scores in fp32 whatever the model dtype.
-        qs, ks, vs = (x[start:end].transpose(0, 1).float() for x in (q, k, v))
+        qs = q[start:end].transpose(0, 1).float()
+        ks, vs = (_expand_kv(x[start:end], heads).transpose(0, 1).float() for x in (k, v))
         scores = torch.matmul(qs, ks.transpose(1, 2)) * scale  # [H, n, n]
-        if causal:
-            n = end - start
-            future = torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1)
-            scores = scores.masked_fill(future, float("-inf"))
+        allowed = _allowed(end - start, q.device, causal, window)
+        if allowed is not None:
+            scores = scores.masked_fill(~allowed, float("-inf"))
         probs = torch.softmax(scores, dim=-1)
         out[start:end] = torch.matmul(probs, vs).transpose(0, 1).to(q.dtype)
     return out
@@ -99,20 +128,27 @@ def cpu_attention(
     *,
     scale: float,
     causal: bool = False,
+    window: Window | None = None,
 ) -> torch.Tensor:
     out = torch.empty_like(q)
+    heads = q.shape[1]
     bounds = batch.cu_seqlens.tolist()
     for start, end in itertools.pairwise(bounds):
         n = end - start
         # [n, H, D] -> [H, n, D]
-        qs, ks, vs = (x[start:end].transpose(0, 1) for x in (q, k, v))
+        qs = q[start:end].transpose(0, 1)
+        ks, vs = (_expand_kv(x[start:end], heads).transpose(0, 1) for x in (k, v))
         if n > LONG_SEQUENCE:
-            seq_out = F.scaled_dot_product_attention(qs, ks, vs, is_causal=causal, scale=scale)
+            if window is None:
+                seq_out = F.scaled_dot_product_attention(qs, ks, vs, is_causal=causal, scale=scale)
+            else:
+                mask = _allowed(n, q.device, causal, window)
+                seq_out = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, scale=scale)
         else:
             scores = torch.matmul(qs, ks.transpose(1, 2)).mul_(scale)  # [H, n, n]
-            if causal:
-                future = torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1)
-                scores.masked_fill_(future, float("-inf"))
+            allowed = _allowed(n, q.device, causal, window)
+            if allowed is not None:
+                scores.masked_fill_(~allowed, float("-inf"))
             seq_out = torch.matmul(torch.softmax(scores, dim=-1), vs)
         out[start:end] = seq_out.transpose(0, 1)
     return out
@@ -145,27 +181,33 @@ def sdpa_attention(
     *,
     scale: float,
     causal: bool = False,
+    window: Window | None = None,
 ) -> torch.Tensor:
     heads, dim = q.shape[1:]
     num_seqs, max_len = batch.num_seqs, batch.max_len
+    gqa = k.shape[1] != heads
     if num_seqs == 1:
         # One sequence: nothing to pad. [T, H, D] -> [1, H, T, D]
         q4, k4, v4 = (x.transpose(0, 1).unsqueeze(0) for x in (q, k, v))
-        out = F.scaled_dot_product_attention(q4, k4, v4, is_causal=causal, scale=scale)
+        allowed = _allowed(max_len, q.device, causal, window)
+        if allowed is None:
+            out = F.scaled_dot_product_attention(q4, k4, v4, scale=scale, enable_gqa=gqa)
+        else:
+            out = F.scaled_dot_product_attention(q4, k4, v4, attn_mask=allowed, scale=scale, enable_gqa=gqa)
         return out.squeeze(0).transpose(0, 1)
     index, mask = _padding_plan(batch)
 
     def pad(x: torch.Tensor) -> torch.Tensor:
-        # [T, H, D] -> [B, H, L, D]
+        # [T, Hx, D] -> [B, Hx, L, D]
         padded = x.new_zeros(num_seqs * max_len, x.shape[1], dim)
         padded.index_copy_(0, index, x)
         return padded.view(num_seqs, max_len, x.shape[1], dim).transpose(1, 2)
 
     attn_mask = mask
-    if causal:
-        future_ok = torch.ones(max_len, max_len, dtype=torch.bool, device=q.device).tril()
-        attn_mask = future_ok if mask is None else (mask & future_ok)
-    out = F.scaled_dot_product_attention(pad(q), pad(k), pad(v), attn_mask=attn_mask, scale=scale)
+    allowed = _allowed(max_len, q.device, causal, window)
+    if allowed is not None:
+        attn_mask = allowed if mask is None else (mask & allowed)
+    out = F.scaled_dot_product_attention(pad(q), pad(k), pad(v), attn_mask=attn_mask, scale=scale, enable_gqa=gqa)
     # [B, H, L, D] -> [B * L, H, D] -> [T, H, D]
     return out.transpose(1, 2).reshape(num_seqs * max_len, heads, dim).index_select(0, index)
 
@@ -178,20 +220,23 @@ def torch_varlen_attention(
     *,
     scale: float,
     causal: bool = False,
+    window: Window | None = None,
 ) -> torch.Tensor:
     from torch.nn.attention.varlen import varlen_attn
 
     max_len = batch.max_len
+    heads = q.shape[1]
+    left, right = window if window is not None else (-1, -1)
     out = varlen_attn(
         q,
-        k,
-        v,
+        _expand_kv(k, heads),
+        _expand_kv(v, heads),
         cu_seq_q=batch.cu_seqlens,
         cu_seq_k=batch.cu_seqlens,
         max_q=max_len,
         max_k=max_len,
         scale=scale,
-        window_size=(-1, 0) if causal else (-1, -1),
+        window_size=(left, 0 if causal else right),
     )
     assert isinstance(out, torch.Tensor)
     return out
@@ -205,6 +250,7 @@ def flash_attention(
     *,
     scale: float,
     causal: bool = False,
+    window: Window | None = None,
 ) -> torch.Tensor:
     from flash_attn import flash_attn_varlen_func
 
@@ -219,6 +265,7 @@ def flash_attention(
         max_seqlen_k=max_len,
         softmax_scale=scale,
         causal=causal,
+        window_size=window if window is not None else (-1, -1),
     )
     return out
 

@@ -88,11 +88,15 @@ class BertEncoder(nn.Module):
 
     # Checkpoint name prefixes this family is saved under (bare `BertModel`, or inside a task model).
     prefixes: tuple[str, ...] = ("", "bert.")
+    embed_key = "embeddings.word_embeddings.weight"
 
     def __init__(self, args: BertArgs, attention: Attention) -> None:
         super().__init__()
         self.args = args
         self.hidden_size = args.hidden_size
+        self.num_layers = args.num_layers
+        self.num_heads = args.num_heads
+        self.intermediate_size = args.intermediate_size
         self.word = Embedding(args.vocab_size, args.hidden_size)
         self.position = Embedding(args.max_positions, args.hidden_size)
         self.token_type = Embedding(args.type_vocab_size, args.hidden_size)

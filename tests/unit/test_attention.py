@@ -89,3 +89,48 @@ def test_cuda_backends_match_eager(backend: str, dtype: torch.dtype) -> None:
         expected = eager_attention(q, k, v, batch, scale=0.125, causal=causal)
         got = chosen(q, k, v, batch, scale=0.125, causal=causal)
         torch.testing.assert_close(got.float(), expected.float(), atol=2e-2, rtol=2e-2)
+
+
+def windowed_gqa_reference(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: list[int], scale: float, causal: bool, window: tuple[int, int] | None
+) -> torch.Tensor:
+    """Independent oracle for grouped-query heads and sliding windows, one query at a time."""
+    groups = q.shape[1] // k.shape[1]
+    outs, start = [], 0
+    for n in lengths:
+        for i in range(n):
+            lo, hi = 0, n - 1
+            if window is not None:
+                lo, hi = max(lo, i - window[0]), min(hi, i + window[1])
+            if causal:
+                hi = min(hi, i)
+            rows = []
+            for h in range(q.shape[1]):
+                qi = q[start + i, h].double()
+                ks = k[start + lo : start + hi + 1, h // groups].double()
+                vs = v[start + lo : start + hi + 1, h // groups].double()
+                rows.append((ks @ qi * scale).softmax(-1) @ vs)
+            outs.append(torch.stack(rows))
+        start += n
+    return torch.stack(outs).float()
+
+
+@pytest.mark.parametrize("backend", [*CPU_BACKENDS, "eager"])
+@pytest.mark.parametrize(("causal", "window"), [(False, None), (True, None), (False, (3, 3)), (True, (4, 0)), (False, (0, 6))])
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+def test_grouped_query_and_window(backend: str, causal: bool, window: tuple[int, int] | None, kv_heads: int) -> None:
+    lengths = [9, 1, 20, 4]
+    batch, q, _, _ = packed_qkv(lengths)
+    gen = torch.Generator().manual_seed(1)
+    k, v = (torch.randn(batch.num_tokens, kv_heads, 16, generator=gen) for _ in range(2))
+    expected = windowed_gqa_reference(q, k, v, lengths, 0.25, causal, window)
+    got = BACKENDS[backend](q, k, v, batch, scale=0.25, causal=causal, window=window)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_window_on_long_sequence_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(attn, "LONG_SEQUENCE", 16)
+    lengths = [40, 8]
+    batch, q, k, v = packed_qkv(lengths)
+    expected = windowed_gqa_reference(q, k, v, lengths, 0.3, False, (5, 5))
+    torch.testing.assert_close(attn.cpu_attention(q, k, v, batch, scale=0.3, window=(5, 5)), expected, atol=1e-5, rtol=1e-5)

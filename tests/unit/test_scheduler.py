@@ -29,7 +29,7 @@ from remora.core.batch import PackedBatch
 from remora.core.config import ModelSpec
 from remora.core.errors import DeadlineExceeded, QueueFull, ResourceExhausted, ShuttingDown
 from remora.core.layers.attention import select_attention
-from remora.core.model import Kind, LoadedModel, Prepared, Runtime
+from remora.core.model import Kind, LoadedModel, Output, Prepared, Rows, Runtime
 from remora.core.pool import Lease, ModelPool, PoolEvent
 from remora.core.scheduler import BatchEvent, Scheduler
 from tests.helpers import minilm_dir
@@ -94,12 +94,17 @@ class Spy:
         self.entered.clear()
 
     def _wrapped(
-        self, kind: Kind, ids: Sequence[list[int]], type_ids: Sequence[list[int]], prompt_lens: Sequence[int]
-    ) -> torch.Tensor:
+        self,
+        kind: Kind,
+        ids: Sequence[list[int]],
+        type_ids: Sequence[list[int]],
+        prompt_lens: Sequence[int],
+        outputs: Sequence[Output] = ("dense",),
+    ) -> Rows:
         self.entered.set()
         assert self.gate.wait(30), "the test never opened the gate"
         self.calls.append(([tuple(x) for x in ids], list(prompt_lens)))
-        return self._forward(kind, ids, type_ids, prompt_lens)
+        return self._forward(kind, ids, type_ids, prompt_lens, outputs)
 
     def sequences(self) -> set[tuple[int, ...]]:
         return {seq for ids, _ in self.calls for seq in ids}
@@ -197,7 +202,7 @@ def test_empty_request_completes_without_compute(schedulers: Callable[..., Sched
     scheduler = schedulers()
     batches = Batches(scheduler)
     _, future = submit_encode(scheduler, leases["minilm"], [])
-    assert future.result(timeout=5).shape == (0, 384)
+    assert future.result(timeout=5)["dense"].shape == (0, 384)
     assert batches.events == []
 
 
