@@ -23,7 +23,7 @@ from remora.core.defaults import DEFAULT_MODEL_ALIASES, DEFAULT_MODEL_ID, INSTAL
 from remora.core.errors import InvalidInput, InvalidModelId, ModelNotFound, PathNotAllowed
 from remora.core.layers.attention import select_attention
 from remora.core.memory import default_budget
-from remora.core.model import LoadedModel, Runtime
+from remora.core.model import Encoded, LoadedModel, Output, Runtime
 from remora.core.pool import ModelPool, ModelStatus
 from remora.core.scheduler import Scheduler
 
@@ -189,6 +189,26 @@ class Engine:
         with self.pool.acquire(self.resolve_id(model_id)) as model:
             return model.encode(items, is_query=is_query, prompt=prompt, normalize_output=normalize, truncate=truncate)
 
+    def encode_outputs(
+        self,
+        model_id: str,
+        texts: str | Sequence[str],
+        *,
+        outputs: Sequence[Output] | None = None,
+        is_query: bool = False,
+        prompt: str | None = None,
+        normalize: bool | None = None,
+        truncate: bool = True,
+    ) -> Encoded:
+        """Dense, sparse and/or multi-vector outputs from one forward pass; `outputs=None` gives
+        the model's first output (dense, or sparse for SPLADE)."""
+        items = _texts(texts)
+        with self.pool.acquire(self.resolve_id(model_id)) as model:
+            wanted = tuple(outputs) if outputs else model.outputs[:1]
+            return model.encode_outputs(
+                items, outputs=wanted, is_query=is_query, prompt=prompt, normalize_output=normalize, truncate=truncate
+            )
+
     def score(
         self,
         model_id: str,
@@ -198,7 +218,8 @@ class Engine:
         truncate: bool = True,
         apply_activation: bool = True,
     ) -> np.ndarray:
-        """Relevance of each document to the query with a cross-encoder: [N] float32."""
+        """Relevance of each document to the query: [N] float32 from a cross-encoder, or MaxSim
+        (ColBERT) / cosine (other embedders) of the query's and documents' encodings."""
         if not isinstance(query, str):
             raise InvalidInput(f"query is a {type(query).__name__}, not a string")
         docs = _texts(documents, "documents")

@@ -20,6 +20,14 @@ from remora.core.layers.activations import module_act
 from remora.core.layers.attention import Attention
 from remora.core.tokenizer import TextTokenizer, Tokenized
 
+
+def maxsim(query: np.ndarray, document: np.ndarray) -> float:
+    """ColBERT late interaction: for each query token vector [q, d] its best dot product with a
+    document token vector [n, d], summed."""
+    if len(document) == 0 or len(query) == 0:
+        return 0.0
+    return float((query @ document.T).max(axis=1).sum())
+
 Kind = Literal["encode", "score", "extract"]
 Output = Literal["dense", "sparse", "multivector"]
 OUTPUTS: tuple[Output, ...] = ("dense", "sparse", "multivector")
@@ -49,6 +57,21 @@ class Prepared:
     def group(self) -> tuple[Kind, tuple[Output, ...]]:
         """Requests of one group share forward passes."""
         return (self.kind, self.outputs if self.kind == "encode" else ())
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One encode request's finished outputs; the ones not asked for are None."""
+
+    dense: np.ndarray | None = None  # [N, dim] float32
+    sparse: list[Any] | None = None  # N SparseVector (indices ascending, values)
+    multivector: list[np.ndarray] | None = None  # N arrays [n_tokens, d] float32
+
+    def __len__(self) -> int:
+        for part in (self.dense, self.sparse, self.multivector):
+            if part is not None:
+                return len(part)
+        return 0
 
 
 @dataclass(frozen=True)
@@ -311,6 +334,53 @@ class LoadedModel:
         prepared = self.prepare_encode(texts, is_query=is_query, prompt=prompt, truncate=truncate)
         return self.finish("encode", self.run(prepared), normalize_output=normalize_output)
 
+    def encode_outputs(
+        self,
+        texts: Sequence[str],
+        *,
+        outputs: Sequence[Output],
+        is_query: bool = False,
+        prompt: str | None = None,
+        normalize_output: bool | None = None,
+        truncate: bool = True,
+    ) -> Encoded:
+        """texts -> the requested outputs of one forward pass (BGE-M3 gives all three at once)."""
+        prepared = self.prepare_encode(texts, is_query=is_query, prompt=prompt, truncate=truncate, outputs=outputs)
+        return self.finish_encoded(self.run(prepared), normalize_output=normalize_output)
+
+    def finish_encoded(self, rows: Rows, *, normalize_output: bool | None = None) -> Encoded:
+        dense = self.finish("encode", rows, normalize_output=normalize_output) if "dense" in rows else None
+        multivector = None
+        if "multivector" in rows:
+            multivector = [np.asarray(v, dtype=np.float32) for v in rows["multivector"]]
+        return Encoded(dense=dense, sparse=rows.get("sparse"), multivector=multivector)
+
+    @property
+    def relevance(self) -> Literal["cross_encoder", "late_interaction", "cosine"] | None:
+        """How this model scores a (query, document) pair: its classifier, ColBERT MaxSim over
+        token vectors, or the cosine of its dense embeddings; None when it can do none."""
+        tasks = self.spec.tasks or ()
+        if "score" in tasks and self.module.head is not None:
+            return "cross_encoder"
+        if "multivector" in self.outputs:
+            return "late_interaction"
+        if "dense" in self.outputs:
+            return "cosine"
+        return None
+
+    def relevance_scores(self, query: Encoded, documents: Encoded) -> np.ndarray:
+        """[N] float32 from the query's and the documents' encodings (see `relevance`)."""
+        if self.relevance == "late_interaction":
+            assert query.multivector is not None and documents.multivector is not None
+            return np.asarray([maxsim(query.multivector[0], doc) for doc in documents.multivector], np.float32)
+        assert query.dense is not None and documents.dense is not None
+        q = query.dense[0] / max(float(np.linalg.norm(query.dense[0])), 1e-12)
+        docs = documents.dense / np.maximum(np.linalg.norm(documents.dense, axis=1, keepdims=True), 1e-12)
+        return (docs @ q).astype(np.float32)
+
+    def similarity_outputs(self) -> tuple[Output, ...]:
+        return ("multivector",) if self.relevance == "late_interaction" else ("dense",)
+
     def _prompt_length(self, prompt: str) -> int:
         if not prompt or self.pooler.include_prompt:
             return 0
@@ -321,12 +391,22 @@ class LoadedModel:
     def score(
         self, query: str, documents: Sequence[str], *, truncate: bool = True, apply_activation: bool = True
     ) -> np.ndarray:
-        """(query, document) pairs -> [N] float32 relevance, from a single-label cross-encoder."""
+        """(query, document) pairs -> [N] float32 relevance: a single-label cross-encoder's score,
+        or, for an embedder, MaxSim (ColBERT) or the cosine of query and document embeddings."""
+        if self.relevance in ("late_interaction", "cosine"):
+            outputs = self.similarity_outputs()
+            q = self.encode_outputs([query], outputs=outputs, is_query=True, truncate=truncate)
+            docs = self.encode_outputs(documents, outputs=outputs, truncate=truncate)
+            return self.relevance_scores(q, docs)
         self.check_single_label()
         queries = [query] * len(documents)
         return self.score_pairs(queries, documents, truncate=truncate, apply_activation=apply_activation)[:, 0]
 
     def check_single_label(self) -> None:
+        if self.relevance is None:
+            raise UnsupportedTask(f"model {self.spec.id!r} ({self.architecture}) cannot score pairs")
+        if self.relevance != "cross_encoder":
+            return
         if self.num_labels != 1:
             raise UnsupportedTask(
                 f"model {self.spec.id!r} has {self.num_labels} labels, not one relevance score; "

@@ -78,6 +78,18 @@ def vectors_for_wire(vectors: np.ndarray, binary: bool) -> list[Any]:
     return vectors  # type: ignore[return-value] # orjson serialises the array itself
 
 
+def matrix_for_wire(matrix: np.ndarray, binary: bool) -> Any:
+    """[n, d] float32 -> nested lists (JSON) or one raw little-endian row-major bytes (msgpack)."""
+    if binary:
+        return np.ascontiguousarray(matrix, dtype="<f4").tobytes()
+    return matrix
+
+
+def sparse_for_wire(vector: Any) -> dict[str, Any]:
+    """A SparseVector -> {"indices": [...], "values": [...]} (Qdrant's sparse vector shape)."""
+    return {"indices": np.asarray(vector.indices).tolist(), "values": np.asarray(vector.values, dtype=np.float32)}
+
+
 def respond(request: Request, payload: dict[str, Any], *, status: int = 200) -> Response:
     if wants_msgpack(request):
         return Response(msgpack.packb(payload, use_bin_type=True), status_code=status, media_type=MSGPACK)

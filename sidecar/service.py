@@ -8,6 +8,7 @@ cancellation and limits behave the same whatever wire format a client speaks.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +20,7 @@ from starlette.requests import Request
 
 from remora.core.engine import Engine
 from remora.core.errors import DeadlineExceeded, InvalidInput, ModelLoading
-from remora.core.model import LoadedModel, Prepared, Rows
+from remora.core.model import LoadedModel, Output, Prepared, Rows
 from remora.core.pool import Lease
 from remora.sidecar.codec import WireError
 from remora.sidecar.settings import ServerSettings
@@ -146,14 +147,39 @@ class Service:
         truncate: bool = True,
         dimensions: int | None = None,
     ) -> Result:
+        """Dense vectors [N, dim]."""
+        result = await self.encode_outputs(request, name, texts, outputs=("dense",), is_query=is_query,
+                                           prompt=prompt, normalize=normalize, truncate=truncate,
+                                           dimensions=dimensions)
+        return Result(result.model_id, result.rows.dense, result.tokens, result.model)
+
+    async def encode_outputs(
+        self,
+        request: Request | None,
+        name: str,
+        texts: list[str],
+        *,
+        outputs: Sequence[Output] | None = None,
+        is_query: bool = False,
+        prompt: str | None = None,
+        normalize: bool | None = None,
+        truncate: bool = True,
+        dimensions: int | None = None,
+    ) -> Result:
+        """Any of the model's outputs from one pass (rows: an `Encoded`); `outputs=None` asks
+        for the model's first (dense, or sparse for a SPLADE model)."""
         self.check_texts(texts)
-        result = await self.run(
-            request, name, lambda m: m.prepare_encode(texts, is_query=is_query, prompt=prompt, truncate=truncate)
-        )
-        vectors = result.model.finish("encode", result.rows, normalize_output=normalize)
-        if dimensions is not None:
-            vectors = truncate_dimensions(vectors, dimensions, renormalize=normalize is not False)
-        return Result(result.model_id, vectors, result.tokens, result.model)
+
+        def prepare(model: LoadedModel) -> Prepared:
+            wanted = tuple(outputs) if outputs else model.outputs[:1]
+            return model.prepare_encode(texts, is_query=is_query, prompt=prompt, truncate=truncate, outputs=wanted)
+
+        result = await self.run(request, name, prepare)
+        encoded = result.model.finish_encoded(result.rows, normalize_output=normalize)
+        if dimensions is not None and encoded.dense is not None:
+            dense = truncate_dimensions(encoded.dense, dimensions, renormalize=normalize is not False)
+            encoded = dataclasses.replace(encoded, dense=dense)
+        return Result(result.model_id, encoded, result.tokens, result.model)
 
     async def score(
         self,
@@ -165,8 +191,17 @@ class Service:
         truncate: bool = True,
         raw: bool = False,
     ) -> Result:
-        """Relevance of each document to the query: rows [N] (one label) in input order."""
+        """Relevance of each document to the query: rows [N] in input order. A cross-encoder
+        scores pairs (one label); an embedder answers MaxSim (ColBERT) or cosine."""
         self.check_texts(documents, "documents")
+        lease = await self.lease(request, name)
+        try:
+            relevance = lease.model.relevance
+            lease.model.check_single_label()
+        finally:
+            lease.release()
+        if relevance != "cross_encoder":
+            return await self._similarity(request, name, query, documents, truncate=truncate)
 
         def prepare(model: LoadedModel) -> Prepared:
             model.check_single_label()
@@ -175,6 +210,24 @@ class Service:
         result = await self.run(request, name, prepare)
         scores = result.model.finish("score", result.rows, apply_activation=not raw)[:, 0]
         return Result(result.model_id, scores, result.tokens, result.model)
+
+    async def _similarity(
+        self, request: Request | None, name: str, query: str, documents: list[str], *, truncate: bool
+    ) -> Result:
+        """Query and documents encoded concurrently (they may share forward passes), then compared."""
+
+        def encoder(texts: list[str], is_query: bool) -> Callable[[LoadedModel], Prepared]:
+            def prepare(model: LoadedModel) -> Prepared:
+                return model.prepare_encode(texts, is_query=is_query, truncate=truncate,
+                                            outputs=model.similarity_outputs())
+            return prepare
+
+        q, docs = await asyncio.gather(
+            self.run(request, name, encoder([query], True)), self.run(request, name, encoder(documents, False))
+        )
+        model = docs.model
+        scores = model.relevance_scores(model.finish_encoded(q.rows), model.finish_encoded(docs.rows))
+        return Result(docs.model_id, scores, q.tokens + docs.tokens, model)
 
 
 def truncate_dimensions(vectors: np.ndarray, dimensions: int, *, renormalize: bool) -> np.ndarray:

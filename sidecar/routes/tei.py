@@ -1,4 +1,4 @@
-"""text-embeddings-inference's HTTP API: /embed, /rerank, /tokenize, /info and /health, with
+"""text-embeddings-inference's HTTP API: /embed, /embed_sparse, /rerank, /tokenize, /info and /health, with
 TEI's request fields, defaults, response shapes and {"error", "error_type"} errors, so TEI
 clients (Chroma's `huggingface_server`, Weaviate's `text2vec-huggingface`, LangChain's
 `HuggingFaceEndpointEmbeddings`, ...) can point at Remora.
@@ -172,6 +172,49 @@ async def embed(request: Request) -> Response:
             dimensions=body.dimensions,
         )
     return json_response(np.ascontiguousarray(result.rows, dtype=np.float32))
+
+
+class SparseValue(BaseModel):
+    index: int
+    value: float
+
+
+class EmbedSparseRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    inputs: str | list[str] = Field(..., description="A text or a batch of texts")
+    truncate: bool | None = Field(None, description="Cut over-long inputs; default true (TEI's auto-truncate)")
+    truncation_direction: Direction = Field("right", description="Only 'right' is supported when truncating")
+    prompt_name: str | None = Field(
+        None, description="'query' (the model's query prompt) or 'document'/'passage'; default: document prompt"
+    )
+    model: str | None = Field(
+        None, description="Remora extension: a registered sparse model (SPLADE, BGE-M3); default: the default model"
+    )
+
+    _text_only = field_validator("inputs", mode="before")(text_only)
+
+
+@router.post("/embed_sparse", response_model=list[list[SparseValue]], openapi_extra=body_schema(EmbedSparseRequest))
+async def embed_sparse(request: Request) -> Response:
+    """TEI's sparse route: the non-zero vocabulary weights of each input, by ascending index."""
+    state = remora(request)
+    with _tei_codes():
+        body = await read_body(request, EmbedSparseRequest)
+        texts = _batch(state, body.inputs, "inputs")
+        result = await state.service.encode_outputs(
+            request,
+            body.model or state.default_model,
+            texts,
+            outputs=("sparse",),
+            is_query=_is_query(body.prompt_name),
+            truncate=_truncate(body.truncate, body.truncation_direction),
+        )
+    sparse = result.rows.sparse
+    return json_response([
+        [{"index": int(i), "value": float(v)} for i, v in zip(vec.indices.tolist(), vec.values.tolist(), strict=True)]
+        for vec in sparse
+    ])
 
 
 @router.post("/rerank", response_model=list[Rank], response_model_exclude_none=True,

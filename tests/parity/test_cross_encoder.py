@@ -124,14 +124,17 @@ def test_saved_activation_is_honoured(tmp_path: Path) -> None:
     np.testing.assert_array_equal(got, engine.score("ce", QUERY, DOCS, apply_activation=False))
 
 
-def test_encoder_cannot_score_and_cross_encoder_cannot_encode(tmp_path: Path) -> None:
+def test_embedder_scores_by_cosine_and_cross_encoder_cannot_encode(tmp_path: Path) -> None:
+    from sentence_transformers import SentenceTransformer, util
+
     path = build_bert_ce(tmp_path / "ce", 1)
     engine = engine_for(path)
     with pytest.raises(UnsupportedTask):
         engine.encode("ce", ["text"])
     engine.register("minilm", minilm_dir())
-    with pytest.raises(UnsupportedTask):
-        engine.score("minilm", QUERY, DOCS)
+    st = SentenceTransformer(str(minilm_dir()), device="cpu")
+    want = util.cos_sim(st.encode([QUERY]), st.encode(DOCS))[0].numpy()
+    np.testing.assert_allclose(engine.score("minilm", QUERY, DOCS), want, atol=ATOL, rtol=0)
 
 
 @pytest.mark.slow

@@ -250,8 +250,19 @@ def test_rerank_errors(client: httpx.Client) -> None:
     openai_error(client.post("/v1/rerank", json={"query": QUERY, "documents": []}), 422)
     openai_error(client.post("/v1/rerank", json={"query": QUERY, "documents": ["a"], "top_n": 0}), 422)
     openai_error(client.post("/v2/rerank", json={"query": QUERY, "documents": [{"title": "no text"}]}), 422)
-    # An embedding model cannot rerank.
-    openai_error(client.post("/v2/rerank", json={"query": QUERY, "documents": ["a"], "model": "minilm"}), 422)
+    # TEI's /embed_sparse on a model without a sparse output is a TEI validation error.
+    response = client.post("/embed_sparse", json={"inputs": ["a"], "model": "minilm"})
+    assert response.status_code == 422, response.text
+    assert response.json()["error_type"] == "Validation"
+
+
+def test_rerank_with_an_embedder_ranks_by_cosine(client: httpx.Client, engine: Engine) -> None:
+    docs = ["Otters float on their backs.", "Quarterly revenue grew.", "Sea otters eat urchins."]
+    want = engine.score("minilm", QUERY, docs)
+    body = ok(client.post("/v2/rerank", json={"query": QUERY, "documents": docs, "model": "minilm"}))
+    got = {r["index"]: r["relevance_score"] for r in body["results"]}
+    np.testing.assert_allclose([got[i] for i in range(3)], want, atol=ATOL, rtol=0)
+    assert [r["index"] for r in body["results"]] == list(np.argsort(-want))
 
 
 # -- TEI -----------------------------------------------------------------------------------
@@ -333,7 +344,8 @@ def test_tei_rerank_errors(client: httpx.Client) -> None:
     )
     tei_error(client.post("/rerank", json={"query": QUERY}), 422, "Validation")
     tei_error(client.post("/rerank", json={"query": QUERY, "texts": "a"}), 422, "Validation")
-    tei_error(client.post("/rerank", json={"query": QUERY, "texts": ["a"], "model": "minilm"}), 422, "Validation")
+    # An embedder reranks by cosine (a Remora extension: TEI serves cross-encoders only).
+    assert len(ok(client.post("/rerank", json={"query": QUERY, "texts": ["a"], "model": "minilm"}))) == 1
     tei_error(client.post("/rerank", json={"query": QUERY, "texts": ["a"], "model": "nope"}), 404, "Validation")
 
 

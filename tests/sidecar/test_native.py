@@ -244,10 +244,26 @@ def test_score_matches_engine(second: httpx.Client, ce_dir: Path) -> None:
 def test_score_errors(client: httpx.Client, second: httpx.Client) -> None:
     # no default reranker on the default server
     assert_error(client.post("/v1/score", json={"query": "q", "documents": ["d"]}), 422, "INVALID_INPUT")
-    # an embedder cannot score, a cross-encoder cannot encode
-    assert_error(client.post("/v1/score", json={"model": DEFAULT_MODEL_ID, "query": "q", "documents": ["d"]}),
-                 422, "UNSUPPORTED_TASK")
+    # a cross-encoder cannot encode; an embedder has no sparse or multi-vector output
     assert_error(second.post("/v1/encode", json={"model": "ce", "inputs": ["d"]}), 422, "UNSUPPORTED_TASK")
+    for output in ("sparse", "multivector"):
+        assert_error(client.post("/v1/encode", json={"inputs": ["d"], "outputs": [output]}), 422, "UNSUPPORTED_TASK")
+    assert_error(client.post("/v1/encode", json={"inputs": ["d"], "outputs": ["colour"]}), 422, "INVALID_INPUT")
+
+
+def test_score_with_an_embedder_is_cosine(second: httpx.Client) -> None:
+    """An embedder scores by the cosine of the query's (query prompt applied) and the documents'
+    embeddings; checked against sentence-transformers' own similarity on the same model."""
+    from sentence_transformers import SentenceTransformer, util
+
+    st = SentenceTransformer(str(minilm_dir()), device="cpu")
+    docs = [d for d in DOCS if d]
+    want = util.cos_sim(st.encode([QUERY_PROMPT + QUERY]), st.encode(docs))[0].numpy()
+    response = second.post("/v1/score", json={"model": "minilm-q", "query": QUERY, "documents": docs})
+    assert response.status_code == 200, response.text
+    np.testing.assert_allclose(response.json()["scores"], want, atol=ATOL, rtol=0)
+    explicit = second.post("/v1/encode", json={"model": "minilm-q", "inputs": docs, "outputs": ["dense"]})
+    assert np.abs(vectors(explicit) - st.encode(docs)).max() <= ATOL
     assert_error(second.post("/v1/score", json={"query": "q", "documents": []}), 422, "EMPTY_INPUT")
     assert_error(second.post("/v1/score", json={"documents": ["d"]}), 422, "INVALID_INPUT")
     assert_error(second.post("/v1/score", json={"query": "q", "documents": "d"}), 422, "INVALID_INPUT")
