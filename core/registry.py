@@ -22,6 +22,9 @@ FAMILIES: dict[str, str] = {
     "qwen": "remora.core.models.qwen",
     "mpnet": "remora.core.models.mpnet",
     "deberta_v2": "remora.core.models.deberta_v2",
+    "modernbert": "remora.core.models.modernbert",
+    "nomic_bert": "remora.core.models.nomic_bert",
+    "gte": "remora.core.models.gte",
 }
 
 # Heads by name: "module:Class". A head is built as Class(config, hidden_size) and maps its
@@ -33,6 +36,8 @@ HEADS: dict[str, str] = {
     "yes_no": "remora.core.heads.yes_no:YesNoHead",
     "deberta": "remora.core.heads.deberta:ContextPoolerHead",
     "token": "remora.core.heads.token:TokenClassificationHead",
+    "modernbert": "remora.core.heads.modernbert:ModernBertSequenceHead",
+    "modernbert_token": "remora.core.heads.modernbert:ModernBertTokenHead",
 }
 
 
@@ -71,6 +76,22 @@ ARCHITECTURES: dict[str, Architecture] = {
     "DebertaV2ForMaskedLM": Architecture("deberta_v2", "encode", unused=("cls.*", "lm_predictions.*", "mask_predictions.*")),
     "DebertaV2ForSequenceClassification": Architecture("deberta_v2", "score", head="deberta"),
     "DebertaV2ForTokenClassification": Architecture("deberta_v2", "extract", head="token"),
+    "ModernBertModel": Architecture("modernbert", "encode"),
+    "ModernBertForMaskedLM": Architecture("modernbert", "encode", unused=("head.*", "decoder.*")),
+    "ModernBertForSequenceClassification": Architecture("modernbert", "score", head="modernbert"),
+    "ModernBertForTokenClassification": Architecture("modernbert", "extract", head="modernbert_token"),
+    "NomicBertModel": Architecture("nomic_bert", "encode"),
+    "NomicBertForMaskedLM": Architecture("nomic_bert", "encode", unused=("cls.*",)),
+    "NomicBertForSequenceClassification": Architecture("nomic_bert", "score", head="bert"),
+    "NomicBertForTokenClassification": Architecture("nomic_bert", "extract", head="token"),
+    "GteModel": Architecture("gte", "encode"),
+    "NewModel": Architecture("gte", "encode"),
+    "GteForSequenceClassification": Architecture("gte", "score", head="bert"),
+    "NewForSequenceClassification": Architecture("gte", "score", head="bert"),
+    "GteForMaskedLM": Architecture("gte", "encode", unused=("lm_head.*",)),
+    "NewForMaskedLM": Architecture("gte", "encode", unused=("lm_head.*",)),
+    "GteForTokenClassification": Architecture("gte", "extract", head="token"),
+    "NewForTokenClassification": Architecture("gte", "extract", head="token"),
 }
 
 # For configs without an `architectures` list.
@@ -82,6 +103,10 @@ MODEL_TYPES: dict[str, str] = {
     "qwen3": "Qwen3Model",
     "mpnet": "MPNetModel",
     "deberta-v2": "DebertaV2Model",
+    "modernbert": "ModernBertModel",
+    "nomic_bert": "NomicBertModel",
+    "gte": "GteModel",
+    "new": "NewModel",
 }
 
 
