@@ -50,6 +50,10 @@ class ModelSpec:
     query_prompt: str | None = None
     document_prompt: str | None = None
     aliases: tuple[str, ...] = ()
+    # "yes_no": read a causal LM as a yes/no reranker (Qwen3-Reranker) instead of an embedder.
+    head: Literal["yes_no"] | None = None
+    # The reranker's instruction (Qwen3-Reranker's <Instruct>); None: the model's default.
+    instruction: str | None = None
 
 
 @dataclass(frozen=True)

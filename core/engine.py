@@ -9,6 +9,7 @@ models make room). Usable without any server:
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,17 +28,8 @@ from remora.core.model import Encoded, LoadedModel, Output, Runtime
 from remora.core.pool import ModelPool, ModelStatus
 from remora.core.scheduler import Scheduler
 
-_SPEC_OPTIONS = {
-    "tasks",
-    "pooling",
-    "include_prompt",
-    "normalize",
-    "max_seq_len",
-    "dtype",
-    "query_prompt",
-    "document_prompt",
-    "aliases",
-}
+# Model options a caller may set: every ModelSpec field but its identity and source.
+SPEC_OPTIONS = frozenset(f.name for f in dataclasses.fields(ModelSpec)) - {"id", "path"}
 
 
 MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*")
@@ -109,9 +101,9 @@ class Engine:
     ) -> ModelSpec:
         """Add (or replace) a model: a local directory, or a HubRef. Options are ModelSpec
         fields. Nothing loads until the model is first used (or `preload`ed by the server)."""
-        unknown = set(options) - _SPEC_OPTIONS
+        unknown = set(options) - SPEC_OPTIONS
         if unknown:
-            raise TypeError(f"unknown model option(s) {sorted(unknown)}; known: {sorted(_SPEC_OPTIONS)}")
+            raise TypeError(f"unknown model option(s) {sorted(unknown)}; known: {sorted(SPEC_OPTIONS)}")
         check_model_id(model_id)
         source = path if isinstance(path, HubRef) else self.check_path(Path(path))
         for key in ("tasks", "pooling", "aliases"):

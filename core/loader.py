@@ -18,6 +18,7 @@ from remora.core.config import ModelSpec
 from remora.core.errors import ModelLoadError, WeightsError
 from remora.core.heads.cross_encoder import count_labels
 from remora.core.heads.dense import DenseStep
+from remora.core.heads.yes_no import yes_no_token_ids
 from remora.core.model import LoadedModel, Runtime, TextModel
 from remora.core.registry import Architecture, build_encoder, head_class, resolve
 from remora.core.st_format import StConfig, read_json, read_st_config, tokenizer_max_length
@@ -50,6 +51,20 @@ def _resolve_spec(spec: ModelSpec, arch: Architecture, st: StConfig, max_tokens:
     )
 
 
+def _is_yes_no_reranker(spec: ModelSpec, arch_name: str, path: Path) -> bool:
+    """Qwen3-Reranker's config is an ordinary Qwen3ForCausalLM, the same as Qwen3-Embedding's:
+    the spec's `head: yes_no` says so, or else the model id, its directory or (hub cache) its
+    repository names a "reranker"."""
+    if spec.head == "yes_no":
+        return True
+    if not arch_name.endswith("ForCausalLM"):
+        return False
+    names = [spec.id, path.name]
+    if path.parent.name == "snapshots":  # hub cache: models--Org--Name/snapshots/<commit>
+        names.append(path.parent.parent.name)
+    return any("reranker" in name.lower() for name in names)
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name != "auto":
         return DTYPES[name]
@@ -69,6 +84,13 @@ def load_model(spec: ModelSpec, runtime: Runtime) -> LoadedModel:
         raise ModelLoadError(f"{path} has no config.json")
     config = read_json(path / "config.json")
     arch_name, arch = resolve(config)
+    if _is_yes_no_reranker(spec, arch_name, path):
+        # A causal LM judged by its next-token "yes" vs "no" logits (Qwen3-Reranker).
+        arch = dataclasses.replace(arch, task="score", head="yes_no")
+        try:
+            config = {**yes_no_token_ids(path / "tokenizer.json"), **config}
+        except ValueError as exc:
+            raise ModelLoadError(str(exc)) from exc
     st = read_st_config(path)
     checkpoint = Checkpoint.from_dir(path)
 
@@ -136,4 +158,5 @@ def _score_activation(arch: Architecture, st: StConfig, config: dict[str, Any], 
     saved = saved or config.get("sbert_ce_default_activation_function")
     if saved:
         return str(saved)
-    return "torch.nn.modules.activation.Sigmoid" if count_labels(config) == 1 else None
+    labels = int(getattr(head, "num_labels", count_labels(config)))
+    return "torch.nn.modules.activation.Sigmoid" if labels == 1 else None

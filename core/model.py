@@ -13,11 +13,13 @@ from torch import nn
 from remora.core.batch import PackedBatch, pack
 from remora.core.batcher import plan_batches
 from remora.core.config import ModelSpec
-from remora.core.errors import UnsupportedTask
+from remora.core.errors import InputTooLong, UnsupportedTask
 from remora.core.heads.dense import DenseStep
 from remora.core.heads.pooling import Pooler, normalize
+from remora.core.heads.yes_no import YesNoHead
 from remora.core.layers.activations import module_act
 from remora.core.layers.attention import Attention
+from remora.core.prompts import RERANKER_PREFIX, RERANKER_SUFFIX, reranker_body
 from remora.core.tokenizer import TextTokenizer, Tokenized
 
 
@@ -130,6 +132,7 @@ class LoadedModel:
         self.pooler = Pooler(spec.pooling or ("mean",), include_prompt=bool(spec.include_prompt))
         self._score_activation = module_act(score_activation)
         self._prompt_lengths: dict[str, int] = {}
+        self._template: tuple[list[int], list[int]] | None = None
         self.num_labels = int(getattr(module.head, "num_labels", 0))
         # Dense / Normalize steps in the model's order; a trailing Normalize is split off because
         # requests may override the final normalisation (a Normalize feeding a Dense may not).
@@ -203,7 +206,32 @@ class LoadedModel:
         head = self.module.head
         if head is None or "score" not in (self.spec.tasks or ()):
             raise UnsupportedTask(f"model {self.spec.id!r} ({self.architecture}) does not score pairs")
+        if isinstance(head, YesNoHead):
+            return Prepared("score", self._reranker_prompts(queries, documents, truncate=truncate), 0)
         return Prepared("score", self.tokenizer.encode_pairs(queries, documents, truncate=truncate), 0)
+
+    def _reranker_prompts(self, queries: Sequence[str], documents: Sequence[str], *, truncate: bool) -> Tokenized:
+        """Qwen3-Reranker's chat template around each pair. As the reference does, the fixed prefix
+        and suffix are tokenized apart and only the body between them is cut to fit max_len."""
+        if self._template is None:
+            prefix, suffix = self.tokenizer.encode_plain([RERANKER_PREFIX, RERANKER_SUFFIX])
+            self._template = (prefix, suffix)
+        prefix, suffix = self._template
+        room = self.tokenizer.max_len - len(prefix) - len(suffix)
+        bodies = self.tokenizer.encode_plain(
+            [reranker_body(q, d, self.spec.instruction) for q, d in zip(queries, documents, strict=True)]
+        )
+        ids = []
+        for index, body in enumerate(bodies):
+            if len(body) > room:
+                if not truncate:
+                    raise InputTooLong(
+                        f"pair {index} is {len(body) + len(prefix) + len(suffix)} tokens long with the reranker's "
+                        f"template; this model takes at most {self.tokenizer.max_len} (send truncate=true to cut it)"
+                    )
+                body = body[: max(room, 0)]
+            ids.append(prefix + body + suffix)
+        return Tokenized(ids=ids, type_ids=[[0] * len(x) for x in ids])
 
     def forward(
         self,

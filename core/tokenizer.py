@@ -58,6 +58,10 @@ class TextTokenizer:
     def encode_pairs(self, firsts: Sequence[str], seconds: Sequence[str], *, truncate: bool = True) -> Tokenized:
         return self._run(list(zip(firsts, seconds, strict=True)), truncate=truncate)
 
+    def encode_plain(self, texts: Sequence[str]) -> list[list[int]]:
+        """Ids without special tokens and without truncation (pieces of a template)."""
+        return [e.ids for e in self._full.encode_batch(list(texts), add_special_tokens=False)]
+
     def prompt_length(self, prompt: str) -> int:
         """Tokens a prompt occupies at the start of a text, as sentence-transformers counts them:
         the prompt encoded alone with special tokens, less a trailing special token."""
@@ -93,18 +97,80 @@ class TextTokenizer:
             out.append(tokens)
         return out
 
+    def encode_aligned(self, texts: Sequence[str], *, truncate: bool = True) -> tuple[Tokenized, list[Alignment]]:
+        """Texts tokenized as `encode` does, with each token's place in its text (for extraction)."""
+        encodings = self._encodings(list(texts), truncate=truncate)
+        aligned = [
+            Alignment(
+                tokens=list(e.tokens),
+                offsets=[tuple(o) for o in e.offsets],  # type: ignore[misc]
+                special=[bool(s) for s in e.special_tokens_mask],
+                word_ids=list(e.word_ids),
+            )
+            for e in encodings
+        ]
+        return _tokenized(encodings), aligned
+
+    def encode_words(
+        self, words: Sequence[Sequence[str]], *, truncate: bool = True
+    ) -> tuple[Tokenized, list[list[int | None]]]:
+        """Pre-split texts (lists of words, as transformers' `is_split_into_words=True`) -> tokens
+        and, per token, the index of the word it came from (None for special tokens)."""
+        encodings = self._encodings([list(w) for w in words], truncate=truncate, pretokenized=True)
+        return _tokenized(encodings), [list(e.word_ids) for e in encodings]
+
+    @property
+    def subword_prefix(self) -> str | None:
+        """The continuation marker of a WordPiece-style vocabulary ('##'); None when the model has
+        none (byte-level BPE, Unigram), as transformers' token-classification pipeline asks."""
+        prefix = getattr(self._full.model, "continuing_subword_prefix", None)
+        return str(prefix) if prefix else None
+
+    @property
+    def unk_id(self) -> int | None:
+        """The unknown token's id (WordPiece / BPE name it, Unigram numbers it), or None."""
+        model = json.loads(self._full.to_str()).get("model") or {}
+        if isinstance(model.get("unk_id"), int):
+            return int(model["unk_id"])
+        token = model.get("unk_token")
+        return self.token_id(token) if isinstance(token, str) else None
+
+    def token_id(self, token: str) -> int | None:
+        found = self._full.token_to_id(token)
+        return None if found is None else int(found)
+
     def _run(self, inputs: list[Any], *, truncate: bool) -> Tokenized:
+        return _tokenized(self._encodings(inputs, truncate=truncate))
+
+    def _encodings(self, inputs: list[Any], *, truncate: bool, pretokenized: bool = False) -> list[Encoding]:
         tokenizer = self._truncating if truncate else self._full
-        encodings: list[Encoding] = tokenizer.encode_batch(inputs, add_special_tokens=True)
-        ids = [e.ids for e in encodings]
+        encodings: list[Encoding] = tokenizer.encode_batch(
+            inputs, add_special_tokens=True, is_pretokenized=pretokenized
+        )
         if not truncate:
-            for index, seq in enumerate(ids):
-                if len(seq) > self.max_len:
+            for index, encoding in enumerate(encodings):
+                if len(encoding.ids) > self.max_len:
                     raise InputTooLong(
-                        f"input {index} is {len(seq)} tokens long; this model takes at most {self.max_len} "
+                        f"input {index} is {len(encoding.ids)} tokens long; this model takes at most {self.max_len} "
                         "(send truncate=true to cut it instead)"
                     )
-        return Tokenized(ids=ids, type_ids=[e.type_ids for e in encodings])
+        return encodings
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """Where one text's tokens come from: `offsets` are (start, end) CHARACTER offsets into the
+    text ((0, 0) for special tokens), `special` marks the tokens the template added, `word_ids`
+    the pre-tokenizer word each token belongs to (None for special tokens)."""
+
+    tokens: list[str]
+    offsets: list[tuple[int, int]]
+    special: list[bool]
+    word_ids: list[int | None]
+
+
+def _tokenized(encodings: Sequence[Encoding]) -> Tokenized:
+    return Tokenized(ids=[e.ids for e in encodings], type_ids=[e.type_ids for e in encodings])
 
 
 def _truncation_side(model_dir: Path) -> str:

@@ -1,7 +1,8 @@
 """Checkpoint loading: safetensors only, through a declarative name map with strict coverage.
 
 A model declares a table from its own parameter names to checkpoint tensor names, with `{i}`
-standing for the layer index and `Fuse` for parameters built from several tensors (fused QKV).
+standing for the layer index, `Fuse` for parameters built from several tensors (fused QKV) and
+`Rows` for a few rows of one tensor (two rows of an LM head).
 Loading fails, naming the tensors, when a parameter finds no tensor, a shape differs, or a
 checkpoint tensor is neither used nor matched by an explicit drop pattern.
 """
@@ -30,7 +31,16 @@ class Fuse:
     dim: int = 0
 
 
-Source = str | Fuse
+@dataclass(frozen=True)
+class Rows:
+    """A parameter made of chosen rows of one checkpoint tensor, in the given order (the two rows
+    of a [V, h] LM head that a yes/no reranker reads), so the other rows are never copied."""
+
+    source: str
+    rows: tuple[int, ...]
+
+
+Source = str | Fuse | Rows
 WeightTable = Mapping[str, Source]
 
 
@@ -79,6 +89,22 @@ class Checkpoint:
         with safe_open(str(self._owner[name]), framework="pt") as handle:
             return tuple(handle.get_slice(name).get_shape())
 
+    def rows(self, name: str, rows: Sequence[int]) -> torch.Tensor:
+        """Rows `rows` of a tensor (stacked along dim 0), read without loading the rest."""
+        file = self._owner[name]
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                part = handle.get_slice(name)
+                count = part.get_shape()[0]
+                outside = [r for r in rows if not 0 <= r < count]
+                if outside:
+                    raise WeightsError(f"tensor {name!r} has {count} rows; rows {outside} do not exist")
+                return torch.cat([part[r : r + 1] for r in rows])
+        except WeightsError:
+            raise
+        except Exception as exc:
+            raise WeightsError(f"corrupt safetensors file {file}: cannot read {name!r}: {exc}") from exc
+
     def tensor(self, name: str) -> torch.Tensor:
         file = self._owner[name]
         try:
@@ -98,6 +124,8 @@ def expand(table: WeightTable, num_layers: int) -> dict[str, Source]:
         for i in range(num_layers):
             if isinstance(source, Fuse):
                 out[target.format(i=i)] = Fuse(tuple(s.format(i=i) for s in source.sources), source.dim)
+            elif isinstance(source, Rows):
+                out[target.format(i=i)] = Rows(source.source.format(i=i), source.rows)
             else:
                 out[target.format(i=i)] = source.format(i=i)
     return out
@@ -109,13 +137,17 @@ def prefixed(table: WeightTable, prefix: str) -> dict[str, Source]:
     for target, source in table.items():
         if isinstance(source, Fuse):
             out[target] = Fuse(tuple(prefix + s for s in source.sources), source.dim)
+        elif isinstance(source, Rows):
+            out[target] = Rows(prefix + source.source, source.rows)
         else:
             out[target] = prefix + source
     return out
 
 
 def _sources(source: Source) -> tuple[str, ...]:
-    return source.sources if isinstance(source, Fuse) else (source,)
+    if isinstance(source, Fuse):
+        return source.sources
+    return (source.source,) if isinstance(source, Rows) else (source,)
 
 
 def _listing(names: Iterable[str], limit: int = 8) -> str:
@@ -163,8 +195,11 @@ def load_weights(
             source = table[target]
             if isinstance(source, Fuse):
                 _check_fused_shapes(checkpoint, source, tuple(dest.shape), target, where)
-            parts = [checkpoint.tensor(s) for s in _sources(source)]
-            tensor = torch.cat(parts, dim=source.dim) if isinstance(source, Fuse) else parts[0]
+            if isinstance(source, Rows):
+                tensor = checkpoint.rows(source.source, source.rows)
+            else:
+                parts = [checkpoint.tensor(s) for s in _sources(source)]
+                tensor = torch.cat(parts, dim=source.dim) if isinstance(source, Fuse) else parts[0]
             if tensor.is_floating_point() != dest.is_floating_point():
                 raise WeightsError(
                     f"checkpoint {where}: tensor {_sources(source)} has dtype {tensor.dtype}, but {target} is {dest.dtype}"

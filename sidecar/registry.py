@@ -26,12 +26,11 @@ from typing import Any
 import yaml
 
 from remora.core.config import HubRef
-from remora.core.engine import Engine, check_model_id
+from remora.core.engine import SPEC_OPTIONS, Engine, check_model_id
 from remora.core.errors import RemoraError
 
 _ENTRY_KEYS = {"id", "path", "hf", "revision", "preload", "pinned"}
-_SPEC_KEYS = {"tasks", "pooling", "include_prompt", "normalize", "max_seq_len", "dtype", "query_prompt",
-              "document_prompt", "aliases"}
+_SPEC_KEYS = SPEC_OPTIONS
 
 
 class RegistryError(ValueError):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -65,6 +65,8 @@ class RegisterRequest(BaseModel):
     dtype: str = "auto"
     query_prompt: str | None = None
     document_prompt: str | None = None
+    head: Literal["yes_no"] | None = Field(None, description="'yes_no': a causal LM served as a yes/no reranker")
+    instruction: str | None = Field(None, description="A reranker's instruction (Qwen3-Reranker)")
 
 
 @router.post("/v1/models", tags=["models"], status_code=201, openapi_extra=body_schema(RegisterRequest))
