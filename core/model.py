@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -15,20 +15,14 @@ from remora.core.batcher import plan_batches
 from remora.core.config import ModelSpec
 from remora.core.errors import InputTooLong, UnsupportedTask
 from remora.core.heads.dense import DenseStep
+from remora.core.heads.multivector import ColbertTokens, maxsim
 from remora.core.heads.pooling import Pooler, normalize
+from remora.core.heads.sparse import BLOCK_ELEMENTS as SPARSE_BLOCK_ELEMENTS
 from remora.core.heads.yes_no import YesNoHead
 from remora.core.layers.activations import module_act
 from remora.core.layers.attention import Attention
 from remora.core.prompts import RERANKER_PREFIX, RERANKER_SUFFIX, reranker_body
 from remora.core.tokenizer import TextTokenizer, Tokenized
-
-
-def maxsim(query: np.ndarray, document: np.ndarray) -> float:
-    """ColBERT late interaction: for each query token vector [q, d] its best dot product with a
-    document token vector [n, d], summed."""
-    if len(document) == 0 or len(query) == 0:
-        return 0.0
-    return float((query @ document.T).max(axis=1).sum())
 
 Kind = Literal["encode", "score", "extract"]
 Output = Literal["dense", "sparse", "multivector"]
@@ -120,7 +114,7 @@ class LoadedModel:
         runtime: Runtime,
         *,
         score_activation: str | None,
-        sparse_only: bool = False,
+        no_dense: bool = False,
     ) -> None:
         self.spec = spec
         self.architecture = architecture
@@ -128,7 +122,7 @@ class LoadedModel:
         self.tokenizer = tokenizer
         self.post = list(post)
         self.runtime = runtime
-        self.sparse_only = sparse_only
+        self.no_dense = no_dense
         self.pooler = Pooler(spec.pooling or ("mean",), include_prompt=bool(spec.include_prompt))
         self._score_activation = module_act(score_activation)
         self._prompt_lengths: dict[str, int] = {}
@@ -141,6 +135,9 @@ class LoadedModel:
 
     @property
     def dim(self) -> int:
+        """Width of the dense vectors, or of the token vectors of a multi-vector-only model."""
+        if not self.has_dense and self.module.multivector is not None:
+            return int(cast(Any, self.module.multivector).dim)
         width = self.pooler.output_dim(self.module.encoder.hidden_size)
         for step in self.post:
             if isinstance(step, DenseStep):
@@ -174,7 +171,7 @@ class LoadedModel:
     @property
     def has_dense(self) -> bool:
         # A SPLADE model's pooled vectors are its sparse ones; it has no dense output.
-        return self.spec.tasks is not None and "encode" in self.spec.tasks and not self.sparse_only
+        return self.spec.tasks is not None and "encode" in self.spec.tasks and not self.no_dense
 
     def prepare_encode(
         self,
@@ -197,8 +194,18 @@ class LoadedModel:
             )
         prompt = self.prompt_for(is_query=is_query) if prompt is None else prompt
         inputs = [prompt + t for t in texts] if prompt else list(texts)
-        tokens = self.tokenizer.encode(inputs, truncate=truncate)
+        colbert = self._colbert_tokens()
+        if colbert is not None:
+            # ColBERT: [Q]/[D] token after [CLS], its own lengths, queries expanded with [MASK].
+            tokens = colbert.encode(inputs, is_query=is_query, truncate=truncate)
+        else:
+            tokens = self.tokenizer.encode(inputs, truncate=truncate)
         return Prepared("encode", tokens, self._prompt_length(prompt), outputs=wanted)
+
+    def _colbert_tokens(self) -> ColbertTokens | None:
+        """The multi-vector head's own tokenization (ColBERT), when it has one."""
+        tokens = getattr(self.module.multivector, "tokens", None)
+        return tokens if isinstance(tokens, ColbertTokens) else None
 
     def prepare_pairs(
         self, queries: Sequence[str], documents: Sequence[str], *, truncate: bool = True
@@ -345,7 +352,13 @@ class LoadedModel:
         heads = int(getattr(encoder, "num_heads", 1))
         element = next(self.module.parameters()).element_size()
         per_token = (8 * hidden + 2 * intermediate) * element
-        return num_tokens * per_token + heads * longest * longest * 4
+        extra = 0
+        sparse = self.module.sparse
+        if sparse is not None:
+            # The [tokens, vocab] logits block and the [B, vocab] pooled weights, in fp32.
+            vocab = int(getattr(sparse, "vocab_size", 0))
+            extra = SPARSE_BLOCK_ELEMENTS * 4 + min(num_tokens, self.runtime.max_batch_size) * vocab * 4
+        return num_tokens * per_token + heads * longest * longest * 4 + extra
 
     # -- whole requests, in process ------------------------------------------------------
 
@@ -385,15 +398,16 @@ class LoadedModel:
 
     @property
     def relevance(self) -> Literal["cross_encoder", "late_interaction", "cosine"] | None:
-        """How this model scores a (query, document) pair: its classifier, ColBERT MaxSim over
-        token vectors, or the cosine of its dense embeddings; None when it can do none."""
+        """How this model scores a (query, document) pair: its classifier, the cosine of its dense
+        embeddings, or ColBERT MaxSim over token vectors for a multi-vector-only model; None when
+        it can do none. BGE-M3 has both and uses dense, as FlagEmbedding's default."""
         tasks = self.spec.tasks or ()
         if "score" in tasks and self.module.head is not None:
             return "cross_encoder"
-        if "multivector" in self.outputs:
-            return "late_interaction"
         if "dense" in self.outputs:
             return "cosine"
+        if "multivector" in self.outputs:
+            return "late_interaction"
         return None
 
     def relevance_scores(self, query: Encoded, documents: Encoded) -> np.ndarray:

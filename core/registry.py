@@ -56,6 +56,8 @@ class Architecture:
 ARCHITECTURES: dict[str, Architecture] = {
     "BertModel": Architecture("bert", "encode"),
     "BertForMaskedLM": Architecture("bert", "encode", unused=("cls.*",)),
+    # Stanford ColBERT (PyLate-compatible): BERT + `linear.weight`, the token projection (core/outputs.py).
+    "HF_ColBERT": Architecture("bert", "encode", unused=("linear.weight",)),
     "BertForSequenceClassification": Architecture("bert", "score", head="bert"),
     "XLMRobertaModel": Architecture("xlm_roberta", "encode"),
     "XLMRobertaForMaskedLM": Architecture("xlm_roberta", "encode", unused=("lm_head.*",)),
@@ -76,6 +78,9 @@ ARCHITECTURES: dict[str, Architecture] = {
     "DebertaV2ForMaskedLM": Architecture("deberta_v2", "encode", unused=("cls.*", "lm_predictions.*", "mask_predictions.*")),
     "DebertaV2ForSequenceClassification": Architecture("deberta_v2", "score", head="deberta"),
     "DebertaV2ForTokenClassification": Architecture("deberta_v2", "extract", head="token"),
+    "BertForTokenClassification": Architecture("bert", "extract", head="token"),
+    "XLMRobertaForTokenClassification": Architecture("xlm_roberta", "extract", head="token"),
+    "RobertaForTokenClassification": Architecture("xlm_roberta", "extract", head="token"),
     "ModernBertModel": Architecture("modernbert", "encode"),
     "ModernBertForMaskedLM": Architecture("modernbert", "encode", unused=("head.*", "decoder.*")),
     "ModernBertForSequenceClassification": Architecture("modernbert", "score", head="modernbert"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -119,14 +120,14 @@ class TextTokenizer:
         encodings = self._encodings([list(w) for w in words], truncate=truncate, pretokenized=True)
         return _tokenized(encodings), [list(e.word_ids) for e in encodings]
 
-    @property
+    @cached_property
     def subword_prefix(self) -> str | None:
         """The continuation marker of a WordPiece-style vocabulary ('##'); None when the model has
         none (byte-level BPE, Unigram), as transformers' token-classification pipeline asks."""
         prefix = getattr(self._full.model, "continuing_subword_prefix", None)
         return str(prefix) if prefix else None
 
-    @property
+    @cached_property
     def unk_id(self) -> int | None:
         """The unknown token's id (WordPiece / BPE name it, Unigram numbers it), or None."""
         model = json.loads(self._full.to_str()).get("model") or {}

@@ -79,9 +79,10 @@ def vectors_for_wire(vectors: np.ndarray, binary: bool) -> list[Any]:
 
 
 def matrix_for_wire(matrix: np.ndarray, binary: bool) -> Any:
-    """[n, d] float32 -> nested lists (JSON) or one raw little-endian row-major bytes (msgpack)."""
+    """[n, d] -> nested lists (JSON) or one raw little-endian row-major bytes (msgpack) in the
+    matrix's own dtype (float32, or a quantised one)."""
     if binary:
-        return np.ascontiguousarray(matrix, dtype="<f4").tobytes()
+        return np.ascontiguousarray(matrix, dtype=matrix.dtype.newbyteorder("<")).tobytes()
     return matrix
 
 

@@ -2,6 +2,7 @@
 
     default_model: minilm            # what TEI routes and requests without a model use
     default_reranker: my-reranker    # what TEI's /rerank uses
+    default_extractor: my-ner        # what /v1/extract uses without a model
     models:
       - id: minilm
         path: models/minilm          # relative to this file
@@ -51,6 +52,7 @@ class RegistryFile:
     entries: tuple[Entry, ...] = ()
     default_model: str | None = None
     default_reranker: str | None = None
+    default_extractor: str | None = None
 
 
 def read_registry(path: Path) -> RegistryFile:
@@ -60,7 +62,7 @@ def read_registry(path: Path) -> RegistryFile:
         raise RegistryError(f"cannot read model registry {path}: {exc}") from None
     if not isinstance(data, dict):
         raise RegistryError(f"{path}: the registry must be a mapping with a 'models' list")
-    unknown = set(data) - {"models", "default_model", "default_reranker"}
+    unknown = set(data) - {"models", "default_model", "default_reranker", "default_extractor"}
     if unknown:
         raise RegistryError(f"{path}: unknown keys {sorted(unknown)}")
     entries = []
@@ -86,7 +88,9 @@ def read_registry(path: Path) -> RegistryFile:
                 source = path.parent / source
         options = tuple(sorted((k, _freeze(v)) for k, v in raw.items() if k in _SPEC_KEYS))
         entries.append(Entry(raw["id"], source, options, bool(raw.get("preload")), bool(raw.get("pinned"))))
-    return RegistryFile(tuple(entries), data.get("default_model"), data.get("default_reranker"))
+    return RegistryFile(
+        tuple(entries), data.get("default_model"), data.get("default_reranker"), data.get("default_extractor")
+    )
 
 
 def _freeze(value: Any) -> Any:

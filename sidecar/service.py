@@ -20,6 +20,7 @@ from starlette.requests import Request
 
 from remora.core.engine import Engine
 from remora.core.errors import DeadlineExceeded, InvalidInput, ModelLoading
+from remora.core.extract import Aggregation, Entity, finish_extract, prepare_extract
 from remora.core.model import LoadedModel, Output, Prepared, Rows
 from remora.core.pool import Lease
 from remora.sidecar.codec import WireError
@@ -210,6 +211,37 @@ class Service:
         result = await self.run(request, name, prepare)
         scores = result.model.finish("score", result.rows, apply_activation=not raw)[:, 0]
         return Result(result.model_id, scores, result.tokens, result.model)
+
+    async def extract(
+        self,
+        request: Request | None,
+        name: str,
+        texts: list[str],
+        *,
+        labels: list[str] | None = None,
+        threshold: float | None = None,
+        aggregation: Aggregation = "simple",
+        flat_ner: bool = True,
+        multi_label: bool = False,
+        truncate: bool = True,
+    ) -> Result:
+        """Entities per text (rows: list of lists of Entity)."""
+        self.check_texts(texts)
+        prepared: list[Prepared] = []
+
+        def prepare(model: LoadedModel) -> Prepared:
+            prepared.append(prepare_extract(model, texts, labels=labels, truncate=truncate))
+            return prepared[0]
+
+        result = await self.run(request, name, prepare)
+
+        def finish() -> list[list[Entity]]:
+            return finish_extract(result.model, prepared[0], result.rows, threshold=threshold,
+                                  aggregation=aggregation, flat_ner=flat_ner, multi_label=multi_label)
+
+        # GLiNER's span layers run in the finishing step: off the event loop.
+        entities = await asyncio.get_running_loop().run_in_executor(self.tokenizers, finish)
+        return Result(result.model_id, entities, result.tokens, result.model)
 
     async def _similarity(
         self, request: Request | None, name: str, query: str, documents: list[str], *, truncate: bool

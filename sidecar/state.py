@@ -45,6 +45,10 @@ class Remora:
                 return entry.id
         return None
 
+    @property
+    def default_extractor(self) -> str | None:
+        return self.registry.current.default_extractor
+
 
 def remora(request: Request) -> Remora:
     state: Remora = request.app.state.remora
