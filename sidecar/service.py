@@ -20,7 +20,7 @@ from starlette.requests import Request
 
 from remora.core.engine import Engine
 from remora.core.errors import DeadlineExceeded, InvalidInput, ModelLoading
-from remora.core.extract import Aggregation, Entity, finish_extract, prepare_extract
+from remora.core.extract import Aggregation, Entity, check_aggregation, finish_extract, prepare_extract
 from remora.core.model import LoadedModel, Output, Prepared, Rows
 from remora.core.pool import Lease
 from remora.sidecar.codec import WireError
@@ -227,6 +227,7 @@ class Service:
     ) -> Result:
         """Entities per text (rows: list of lists of Entity)."""
         self.check_texts(texts)
+        check_aggregation(aggregation)  # before any forward pass
         prepared: list[Prepared] = []
 
         def prepare(model: LoadedModel) -> Prepared:
