@@ -61,6 +61,7 @@ def configs(size: str) -> dict[str, Callable[[], Any]]:
         "xlm_roberta": lambda: tf.XLMRobertaConfig(**{**common, "max_position_embeddings": MAX_LEN + 2}, pad_token_id=1),
         "mpnet": lambda: tf.MPNetConfig(**{**common, "max_position_embeddings": MAX_LEN + 2}),
         "modernbert": lambda: tf.ModernBertConfig(**common, pad_token_id=0),
+        "nomic_bert": lambda: tf.NomicBertConfig(**common),
         "gte": lambda: tf.GteConfig(**common) if hasattr(tf, "GteConfig") else None,
         "deberta_v2": lambda: tf.DebertaV2Config(
             **common, relative_attention=True, position_buckets=256, pos_att_type=["p2c", "c2p"],
