@@ -91,9 +91,20 @@ def sparse_for_wire(vector: Any) -> dict[str, Any]:
     return {"indices": np.asarray(vector.indices).tolist(), "values": np.asarray(vector.values, dtype=np.float32)}
 
 
+def _msgpack_default(value: Any) -> Any:
+    """numpy in a msgpack payload (what orjson's OPT_SERIALIZE_NUMPY does for JSON): arrays as
+    lists (sparse values, int8 scales), numpy scalars as Python numbers."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"cannot serialize {type(value).__name__!r} to msgpack")
+
+
 def respond(request: Request, payload: dict[str, Any], *, status: int = 200) -> Response:
     if wants_msgpack(request):
-        return Response(msgpack.packb(payload, use_bin_type=True), status_code=status, media_type=MSGPACK)
+        body = msgpack.packb(payload, use_bin_type=True, default=_msgpack_default)
+        return Response(body, status_code=status, media_type=MSGPACK)
     return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), status_code=status,
                     media_type="application/json")
 

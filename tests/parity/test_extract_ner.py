@@ -21,15 +21,15 @@ from remora.core.errors import InvalidInput, UnsupportedTask
 from remora.core.extract import AGGREGATIONS, Entity, extract, finish_extract, prepare_extract
 from remora.core.model import LoadedModel
 from tests.helpers import (
-    randomize_layernorms,
     save_tiny,
     tiny_bert_config,
     tiny_xlmr_config,
     write_bpe_tokenizer,
 )
+from tests.zoo_models import NER_TAGS as TAGS
+from tests.zoo_models import build_bert_ner, seeded_tagger, tag_config
 
 ATOL = 1e-5
-TAGS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]
 TEXTS = [
     "Barack Obama visited Paris with Angela Merkel on 3 March 2015.",
     "Apple Inc. and Microsoft compete in Cupertino, California.",
@@ -46,25 +46,9 @@ TEXTS = [
 ]
 
 
-def seeded(model: torch.nn.Module) -> torch.nn.Module:
-    randomize_layernorms(model)
-    with torch.no_grad():
-        # Confident, varied tags: no two labels of a token within rounding of each other.
-        model.classifier.weight.mul_(8.0)  # type: ignore[union-attr, operator]
-    return model.eval()
-
-
-def tag_config() -> dict[str, Any]:
-    return {"id2label": dict(enumerate(TAGS)), "label2id": {t: i for i, t in enumerate(TAGS)}}
-
-
 @pytest.fixture(scope="module")
 def bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import BertForTokenClassification
-
-    torch.manual_seed(0)
-    model = seeded(BertForTokenClassification(tiny_bert_config(**tag_config())))
-    return save_tiny(model, tmp_path_factory.mktemp("bert-ner"))
+    return build_bert_ner(tmp_path_factory.mktemp("bert-ner"))
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +58,7 @@ def xlmr_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     target = tmp_path_factory.mktemp("xlmr-ner")
     vocab = write_bpe_tokenizer(target)
     torch.manual_seed(1)
-    model = seeded(XLMRobertaForTokenClassification(tiny_xlmr_config(vocab, **tag_config())))
+    model = seeded_tagger(XLMRobertaForTokenClassification(tiny_xlmr_config(vocab, **tag_config())))
     return save_tiny(model, target, tokenizer="none")
 
 

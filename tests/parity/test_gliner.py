@@ -31,12 +31,12 @@ from remora.core.errors import InputTooLong, InvalidInput, ModelLoadError, Weigh
 from remora.core.extract import Entity, extract, finish_extract, prepare_extract
 from remora.core.model import LoadedModel
 from remora.core.models.gliner import GlinerExtra
-from tests.helpers import copy_wordpiece_tokenizer, minilm_dir, randomize_layernorms, tiny_bert_config
+from tests.helpers import minilm_dir
+from tests.zoo_models import write_synthetic_gliner
 
 ATOL = 1e-4
 BACKENDS = ("cpu", "eager", "sdpa")
 VARIANTS = ("bert", "deberta", "bert_mean")
-SPECIALS = ["[FLERT]", "<<ENT>>", "<<SEP>>"]  # gliner's added tokens, in its order
 LABELS = ["person", "organization", "location"]
 TEXTS = [
     "Barack Obama visited Paris with Angela Merkel on 3 March 2015.",
@@ -135,53 +135,9 @@ def test_backends_match_gliner(golden: dict[str, Any], backend: str) -> None:
 # -- a synthetic GLiNER directory (no side venv) ---------------------------------------------
 
 
-def write_synthetic(target: Path, **overrides: Any) -> Path:
-    """A GLiNER directory as gliner saves one: gliner_config.json (with the backbone's config),
-    model.safetensors under gliner's names, and a tokenizer that has gliner's added tokens."""
-    from safetensors.torch import save_file
-    from tokenizers import AddedToken, Tokenizer
-    from transformers import BertModel
-
-    from remora.core.heads.gliner import GlinerHead
-
-    target.mkdir(parents=True)
-    copy_wordpiece_tokenizer(target)
-    tokenizer = Tokenizer.from_file(str(target / "tokenizer.json"))
-    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIALS])
-    tokenizer.save(str(target / "tokenizer.json"))
-    vocab = tokenizer.get_vocab_size()
-    torch.manual_seed(0)
-    backbone = BertModel(tiny_bert_config(vocab_size=vocab)).eval()
-    randomize_layernorms(backbone)
-    config = {
-        "encoder_config": backbone.config.to_dict(),
-        "hidden_size": 32,
-        "max_width": 4,
-        "max_len": 384,
-        "num_rnn_layers": 1,
-        "span_mode": "markerV0",
-        "class_token_index": tokenizer.token_to_id("<<ENT>>"),
-        "vocab_size": vocab,
-        "ent_token": "<<ENT>>",
-        "sep_token": "<<SEP>>",
-        **overrides,
-    }
-    (target / "gliner_config.json").write_text(json.dumps(config))
-    tensors = {f"token_rep_layer.bert_layer.model.{k}": v.contiguous() for k, v in backbone.state_dict().items()}
-    head = GlinerHead(config, backbone.config.hidden_size)
-    shapes = {k: v.shape for k, v in head.state_dict().items()}
-    gen = torch.Generator().manual_seed(1)
-    for name, source in head.weight_table().items():
-        assert isinstance(source, str)
-        fan_in = shapes[name][-1] if len(shapes[name]) == 2 else 10.0
-        tensors[source] = torch.randn(shapes[name], generator=gen) * (2.0 / fan_in) ** 0.5
-    save_file(tensors, str(target / "model.safetensors"))
-    return target
-
-
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_synthetic(tmp_path_factory.mktemp("gliner") / "model")
+    return write_synthetic_gliner(tmp_path_factory.mktemp("gliner") / "model")
 
 
 @pytest.fixture(scope="module")

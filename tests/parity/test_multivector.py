@@ -29,18 +29,14 @@ from remora.core import Engine, EngineSettings
 from remora.core.errors import InputTooLong
 from remora.core.heads.multivector import maxsim
 from tests.helpers import (
-    minilm_dir,
-    randomize_layernorms,
-    tiny_bert_config,
-    tiny_xlmr_config,
-    write_bpe_tokenizer,
     write_json,
 )
+from tests.zoo_models import COLBERT_DIM as DIM
+from tests.zoo_models import COLBERT_DOCUMENT_LENGTH as DOCUMENT_LENGTH
+from tests.zoo_models import COLBERT_QUERY_LENGTH as QUERY_LENGTH
+from tests.zoo_models import bert_with_tokens, build_bge_m3, build_pylate
 
 ATOL = 1e-5
-DIM = 24
-QUERY_LENGTH = 16
-DOCUMENT_LENGTH = 40
 QUERIES = ["what is a remora?", "fish", "Why do remoras, sharks and rays swim together " * 6, "中文 🦈"]
 DOCUMENTS = [
     "Remoras, also called suckerfish, attach to sharks!",
@@ -58,47 +54,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
 # -- building the directories -------------------------------------------------------------------
 
 
-def _bert_with_tokens(target: Path, extra_tokens: list[str], seed: int) -> Any:
-    from transformers import AutoTokenizer, BertModel
-
-    tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir()))
-    tokenizer.add_tokens(extra_tokens)
-    tokenizer.save_pretrained(str(target))
-    torch.manual_seed(seed)
-    model = BertModel(tiny_bert_config(vocab_size=len(tokenizer)), add_pooling_layer=False).eval()
-    randomize_layernorms(model, seed)
-    model.save_pretrained(str(target))
-    return model
-
-
-def build_pylate(target: Path, *, seed: int = 0, **settings: Any) -> Path:
-    """What PyLate 1.6 saves: Transformer + its Dense (no bias), the ColBERT settings at the top
-    level of config_sentence_transformers.json, [Q] / [D] added to the vocabulary."""
-    target.mkdir(parents=True)
-    _bert_with_tokens(target, ["[Q] ", "[D] "], seed)
-    write_json(target / "modules.json", [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Dense", "type": "pylate.models.Dense.Dense"},
-    ])
-    write_json(target / "sentence_bert_config.json", {"max_seq_length": DOCUMENT_LENGTH - 1, "do_lower_case": False})
-    write_json(target / "1_Dense" / "config.json", {
-        "in_features": 64, "out_features": DIM, "bias": False,
-        "activation_function": "torch.nn.modules.linear.Identity", "use_residual": False,
-    })
-    gen = torch.Generator().manual_seed(seed + 1)
-    save_file({"linear.weight": torch.randn(DIM, 64, generator=gen) * 0.2}, str(target / "1_Dense" / "model.safetensors"))
-    write_json(target / "config_sentence_transformers.json", {
-        "model_type": "ColBERT", "prompts": {}, "default_prompt_name": None, "similarity_fn_name": "MaxSim",
-        "query_prefix": "[Q] ", "document_prefix": "[D] ", "query_length": QUERY_LENGTH,
-        "document_length": DOCUMENT_LENGTH, "skiplist_words": list(string.punctuation), **settings,
-    })
-    return target
-
-
 def build_stanford(target: Path, seed: int = 0) -> Path:
     """Stanford's HF_ColBERT: BERT under `bert.` + `linear.weight`, settings in artifact.metadata."""
     target.mkdir(parents=True)
-    _bert_with_tokens(target, [], seed)
+    bert_with_tokens(target, [], seed)
     weights = {f"bert.{k}": v for k, v in load_file(str(target / "model.safetensors")).items()}
     weights["linear.weight"] = torch.randn(DIM, 64, generator=torch.Generator().manual_seed(seed + 1)) * 0.2
     save_file(weights, str(target / "model.safetensors"))
@@ -262,35 +221,6 @@ def test_stanford_hf_colbert_as_pylate_reads_it(tmp_path: Path) -> None:
 
 
 M3_TEXTS = ["the the the cat sat on the mat", "x", "Remora " * 60, "中文 🦈 ünïcödé"]
-
-
-def build_bge_m3(target: Path, seed: int = 0) -> tuple[Path, dict[str, torch.Tensor]]:
-    """A tiny XLM-R with BGE-M3's layout: ST CLS pooling + Normalize, and its two extra heads as
-    safetensors beside the model (as converted from colbert_linear.pt / sparse_linear.pt)."""
-    from transformers import XLMRobertaModel
-
-    target.mkdir(parents=True)
-    vocab = write_bpe_tokenizer(target)
-    torch.manual_seed(seed)
-    model = XLMRobertaModel(tiny_xlmr_config(vocab), add_pooling_layer=False).eval()
-    randomize_layernorms(model, seed)
-    model.save_pretrained(str(target))
-    legacy = "sentence_transformers.models."
-    write_json(target / "modules.json", [
-        {"idx": 0, "name": "0", "path": "", "type": legacy + "Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": legacy + "Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize", "type": legacy + "Normalize"},
-    ])
-    write_json(target / "1_Pooling" / "config.json", {"word_embedding_dimension": 64, "pooling_mode_cls_token": True})
-    write_json(target / "sentence_bert_config.json", {"max_seq_length": 128, "do_lower_case": False})
-    gen = torch.Generator().manual_seed(seed + 1)
-    heads = {
-        "sparse.weight": torch.randn(1, 64, generator=gen) * 0.3, "sparse.bias": torch.tensor([0.1]),
-        "colbert.weight": torch.randn(64, 64, generator=gen) * 0.2, "colbert.bias": torch.randn(64, generator=gen) * 0.1,
-    }
-    for stem, key in (("sparse_linear", "sparse"), ("colbert_linear", "colbert")):
-        save_file({"weight": heads[f"{key}.weight"], "bias": heads[f"{key}.bias"]}, str(target / f"{stem}.safetensors"))
-    return target, heads
 
 
 def m3_oracle(model_dir: Path, heads: dict[str, torch.Tensor], texts: list[str]) -> dict[str, Any]:

@@ -27,99 +27,14 @@ from remora.core.model import TextModel
 from remora.core.prompts import RERANKER_PREFIX, RERANKER_SUFFIX, reranker_text
 from remora.core.registry import build_encoder
 from remora.core.weights import Checkpoint, expand, load_weights, prefixed
-from tests.helpers import BPE_TRAINING_TEXT
+from tests.zoo_models import RERANK_DOCS as DOCS
+from tests.zoo_models import RERANK_QUERY as QUERY
+from tests.zoo_models import build_qwen
 
 ATOL = 1e-5
 GPU_ATOL = 5e-2
 BACKENDS = ("eager", "cpu", "sdpa")
 LENGTHS = [1, 7, 33, 2, 64, 128, 15]
-QUERY = "how do sea otters open shellfish"
-DOCS = [
-    "Sea otters crack shellfish open with rocks they carry.",
-    "",
-    "The stock market closed higher on Tuesday.",
-    "yes",
-    "中文 🦈 ünïcödé",
-]
-TRAINING_TEXT = [
-    *BPE_TRAINING_TEXT,
-    reranker_text(QUERY, DOCS[0], None),
-    "yes",
-    "no",
-    "Sea otters crack shellfish open with rocks; the stock market closed higher.",
-]
-
-
-def write_qwen_tokenizer(target: Path, *, eos_suffix: bool = False) -> int:
-    """A tiny byte-level BPE with Qwen's chat tokens (pad = <|endoftext|>, id 0) and whole-word
-    "yes" / "no" tokens; `eos_suffix` appends <|endoftext|> as Qwen3-Embedding's tokenizer does."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=500, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator(TRAINING_TEXT * 8, trainer=trainer)
-    tok.add_tokens(["<think>", "</think>"])  # plain added tokens, as in Qwen3's tokenizer
-    if eos_suffix:
-        tok.post_processor = processors.TemplateProcessing(
-            single="$A <|endoftext|>", pair="$A $B <|endoftext|>", special_tokens=[("<|endoftext|>", 0)]
-        )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>", model_max_length=256
-    )
-    fast.save_pretrained(str(target))
-    return int(tok.get_vocab_size())
-
-
-def tiny_config(family: str, vocab: int, **overrides: Any) -> Any:
-    from transformers import Qwen2Config, Qwen3Config
-
-    base: dict[str, Any] = dict(
-        vocab_size=vocab,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,  # grouped-query attention, as every released Qwen
-        intermediate_size=96,
-        max_position_embeddings=256,
-        rope_theta=1_000_000.0,
-        pad_token_id=0,
-        tie_word_embeddings=False,
-    )
-    if family == "qwen3":
-        base["head_dim"] = 32  # not hidden / heads, as Qwen3 decouples them
-    base.update(overrides)
-    return (Qwen3Config if family == "qwen3" else Qwen2Config)(**base)
-
-
-def randomize(model: torch.nn.Module, seed: int) -> None:
-    """Fresh RMSNorm weights are 1 and biases 0; perturb them so the comparison sees them."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" in name or name.endswith("bias"):
-                param.add_(torch.randn(param.shape, generator=gen) * 0.1)
-
-
-def build_tiny(
-    target: Path, cls_name: str, seed: int = 0, *, eos_suffix: bool = False, **overrides: Any
-) -> Any:
-    """Save a seeded transformers Qwen model (class `cls_name`) with its tokenizer; return it."""
-    import transformers
-
-    target.mkdir(parents=True)
-    vocab = write_qwen_tokenizer(target, eos_suffix=eos_suffix)
-    family = "qwen3" if cls_name.startswith("Qwen3") else "qwen2"
-    torch.manual_seed(seed)
-    model = getattr(transformers, cls_name)(tiny_config(family, vocab, **overrides)).eval()
-    randomize(model, seed)
-    model.save_pretrained(str(target), safe_serialization=True)
-    return model
 
 
 def edit_config(path: Path, change: Callable[[dict[str, Any]], None]) -> None:
@@ -191,7 +106,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Pat
     out: dict[str, tuple[Path, Any]] = {}
     for seed, (name, (cls_name, overrides, legacy)) in enumerate(VARIANTS.items()):
         path = tmp_path_factory.mktemp("qwen") / name
-        model = build_tiny(path, cls_name, seed, **overrides)
+        model = build_qwen(path, cls_name, seed, **overrides)
         if legacy:
             edit_config(path, legacy_rope)
         out[name] = (path, getattr(model, "model", model))
@@ -225,7 +140,7 @@ def test_last_token_embedding_without_st_files(tmp_path: Path) -> None:
     from transformers import AutoTokenizer
 
     path = tmp_path / "emb"
-    model = build_tiny(path, "Qwen3ForCausalLM", seed=4)
+    model = build_qwen(path, "Qwen3ForCausalLM", seed=4)
     engine = engine_for(path)
     assert engine.model("qwen").spec.pooling == ("lasttoken",)
     texts = ["Remora packs tokens.", "yes", "The quick brown fox " * 10]
@@ -241,7 +156,7 @@ def test_qwen3_embedding_layout_matches_sentence_transformers(tmp_path: Path) ->
     from sentence_transformers import SentenceTransformer, models
 
     path = tmp_path / "qwen3-embedding"
-    model = build_tiny(path, "Qwen3Model", seed=5, eos_suffix=True)
+    model = build_qwen(path, "Qwen3Model", seed=5, eos_suffix=True)
     edit_config(path, lambda c: c.update(architectures=["Qwen3ForCausalLM"]))
     transformer = models.Transformer(str(path))
     pooling = models.Pooling(model.config.hidden_size, pooling_mode="lasttoken")
@@ -259,7 +174,7 @@ def test_sequence_classification_matches_transformers(tmp_path: Path, family: st
     from transformers import AutoTokenizer
 
     path = tmp_path / "cls"
-    model = build_tiny(path, f"{family}ForSequenceClassification", seed=6, num_labels=num_labels)
+    model = build_qwen(path, f"{family}ForSequenceClassification", seed=6, num_labels=num_labels)
     engine = engine_for(path)
     # Packed ids against transformers' rightmost-non-pad token.
     ids = random_ids(7, model.config.vocab_size)
@@ -323,7 +238,7 @@ def rerankers(tmp_path_factory: pytest.TempPathFactory) -> dict[bool, tuple[Path
     return {
         tied: (
             root / f"tied-{tied}",
-            build_tiny(root / f"tied-{tied}", "Qwen3ForCausalLM", 8, tie_word_embeddings=tied),
+            build_qwen(root / f"tied-{tied}", "Qwen3ForCausalLM", 8, tie_word_embeddings=tied),
         )
         for tied in (False, True)
     }
@@ -407,7 +322,7 @@ def test_reranker_template() -> None:
 
 def test_sliding_window_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "sliding"
-    build_tiny(path, "Qwen2Model", use_sliding_window=True, sliding_window=16, max_window_layers=1)
+    build_qwen(path, "Qwen2Model", use_sliding_window=True, sliding_window=16, max_window_layers=1)
     with pytest.raises(ModelLoadError, match="sliding-window"):
         engine_for(path).model("qwen")
 
@@ -428,7 +343,7 @@ def test_cuda_bf16_reranker(tmp_path: Path) -> None:
     from tokenizers import Tokenizer
 
     path = tmp_path / "reranker"
-    model = build_tiny(path, "Qwen3ForCausalLM", seed=10, tie_word_embeddings=True)
+    model = build_qwen(path, "Qwen3ForCausalLM", seed=10, tie_word_embeddings=True)
     tokens = yes_no_token_ids(path / "tokenizer.json")
     module = load_reranker(path, "auto", "cuda", torch.bfloat16)
     tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))

@@ -20,13 +20,11 @@ from remora.core.errors import UnsupportedTask, WeightsError
 from remora.core.heads import sparse as sparse_module
 from remora.core.heads.sparse import SparseVector
 from tests.helpers import (
-    randomize_layernorms,
     save_tiny,
     tiny_bert_config,
-    tiny_xlmr_config,
-    write_bpe_tokenizer,
     write_json,
 )
+from tests.zoo_models import build_splade
 
 ATOL = 1e-5
 FLOOR = 1e-6
@@ -38,46 +36,6 @@ TEXTS = [
     "The quick brown fox jumps over the lazy dog. " * 20,  # truncated at the 128-token limit
     "中文 🦈 ünïcödé",
 ]
-
-
-def _perturb_mlm_bias(model: torch.nn.Module, seed: int) -> None:
-    """The decoder bias starts at zero; give it values so parity sees it."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith(("predictions.bias", "lm_head.bias")):
-                param.add_(torch.randn(param.shape, generator=gen) * 0.5)
-
-
-def build_splade(target: Path, *, family: str = "bert", pooling: str = "max", activation: str = "relu",
-                 max_active_dims: int | None = None, seed: int = 0) -> Path:
-    """A seeded *ForMaskedLM saved by SparseEncoder itself (Transformer fill-mask + SpladePooling)."""
-    from sentence_transformers import SparseEncoder
-    from sentence_transformers.base.modules import Transformer
-    from sentence_transformers.sparse_encoder.modules import SpladePooling
-    from transformers import BertForMaskedLM, XLMRobertaForMaskedLM
-
-    mlm = target.parent / f"{target.name}-mlm"
-    mlm.mkdir(parents=True)
-    torch.manual_seed(seed)
-    if family == "bert":
-        model: Any = BertForMaskedLM(tiny_bert_config()).eval()
-        randomize_layernorms(model, seed)
-        _perturb_mlm_bias(model, seed)
-        save_tiny(model, mlm)
-    else:
-        vocab = write_bpe_tokenizer(mlm)
-        model = XLMRobertaForMaskedLM(tiny_xlmr_config(vocab)).eval()
-        randomize_layernorms(model, seed)
-        _perturb_mlm_bias(model, seed)
-        save_tiny(model, mlm, tokenizer="none")
-    encoder = SparseEncoder(
-        modules=[Transformer(str(mlm), transformer_task="fill-mask"), SpladePooling(pooling, activation)],
-        device="cpu",
-        max_active_dims=max_active_dims,
-    )
-    encoder.save(str(target))
-    return target
 
 
 def reference(model_dir: Path, texts: list[str]) -> np.ndarray:

@@ -274,8 +274,14 @@ def test_score_with_an_embedder_is_cosine(second: httpx.Client) -> None:
 # -- /v1/extract ---------------------------------------------------------------------------
 
 
-def test_extract_is_not_implemented(client: httpx.Client) -> None:
-    assert_error(client.post("/v1/extract", json={"inputs": ["x"]}), 501, "NOT_IMPLEMENTED")
+def test_extract_without_model_or_default_extractor(client: httpx.Client) -> None:
+    """The default server has no default_extractor: a body without `model` is refused, and so is
+    the embedded MiniLM, which does not extract (tests/sidecar/test_zoo_http.py covers extraction)."""
+    response = client.post("/v1/extract", json={"inputs": ["Paris is in France"]})
+    assert_error(response, 422, "INVALID_INPUT")
+    assert "default_extractor" in response.json()["error"]["message"]
+    assert_error(client.post("/v1/extract", json={"model": DEFAULT_MODEL_ID, "inputs": ["Paris"]}),
+                 422, "UNSUPPORTED_TASK")
 
 
 # -- bad input -----------------------------------------------------------------------------
