@@ -16,7 +16,7 @@ from starlette.responses import Response
 
 from remora.core.engine import Engine
 from remora.core.errors import RemoraError, Retryable
-from remora.sidecar.errors import error_response
+from remora.sidecar.errors import WEAVIATE_PREFIX, error_response
 from remora.sidecar.metrics import Metrics, MetricsMiddleware
 from remora.sidecar.middleware import Gate
 from remora.sidecar.registry import Registry, RegistryError
@@ -26,6 +26,8 @@ from remora.sidecar.settings import ServerSettings
 from remora.sidecar.state import Remora
 
 log = logging.getLogger("remora")
+
+QDRANT_INFERENCE_PATH = "/v1/qdrant/inference"
 
 _HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LARGE", 415: "UNSUPPORTED_MEDIA_TYPE"}
 
@@ -67,16 +69,23 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
     _install_compat_routes(app)
     _install_error_handlers(app)
     # Outermost first on the way in: metrics sees every request, the gate refuses early.
-    app.add_middleware(Gate, api_key=settings.api_key, exempt=settings.auth_exempt, max_body=settings.max_request_bytes)
+    app.add_middleware(
+        Gate,
+        api_key=settings.api_key,
+        exempt=settings.auth_exempt,
+        exempt_prefixes=(WEAVIATE_PREFIX,) if settings.weaviate_open else (),
+        body_token_paths=(QDRANT_INFERENCE_PATH,),
+        max_body=settings.max_request_bytes,
+    )
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     return app
 
 
 def _install_compat_routes(app: FastAPI) -> None:
-    """OpenAI, TEI and Cohere/Jina routes, when their modules are present."""
+    """OpenAI, TEI, Cohere/Jina, Qdrant and Weaviate routes, when their modules are present."""
     import importlib
 
-    for name in ("openai", "tei", "rerank"):
+    for name in ("openai", "tei", "rerank", "qdrant", "weaviate"):
         try:
             module = importlib.import_module(f"remora.sidecar.routes.{name}")
         except ModuleNotFoundError as exc:

@@ -2,7 +2,9 @@
 
 Native and OpenAI routes: {"error": {"code", "message", "type"}} (OpenAI clients read
 error.message and error.type). TEI routes: {"error", "error_type"} as text-embeddings-inference
-sends them. Retryable errors carry Retry-After.
+sends them. Qdrant's inference hook and Weaviate's module routes: {"error": message} (both
+servers read that field), and for Qdrant every client error is a 400, the one status it shows its
+caller as a bad request. Retryable errors carry Retry-After.
 """
 
 from __future__ import annotations
@@ -49,6 +51,11 @@ _OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404:
 TEI_PATHS = ("/embed", "/embed_all", "/embed_sparse", "/rerank", "/tokenize", "/decode", "/info", "/health", "/predict")
 
 
+QDRANT_PREFIX = "/v1/qdrant/"
+WEAVIATE_PREFIX = "/weaviate/"
+WEAVIATE_ROOT_PATHS = ("/vectors", "/vectors/", "/meta", "/.well-known/ready", "/.well-known/live", "/ner", "/ner/")
+
+
 def status_of(code: str) -> int:
     return STATUS.get(code, 500)
 
@@ -57,10 +64,21 @@ def is_tei(path: str) -> bool:
     return path in TEI_PATHS
 
 
+def is_plain(path: str) -> bool:
+    """Routes whose callers read a bare {"error": message}: Qdrant's and Weaviate's."""
+    return path.startswith((QDRANT_PREFIX, WEAVIATE_PREFIX)) or path in WEAVIATE_ROOT_PATHS
+
+
 def error_response(path: str, code: str, message: str, *, retry_after: float | None = None) -> Response:
     status = status_of(code)
     body: dict[str, object]
-    if is_tei(path):
+    if is_plain(path):
+        # Qdrant turns a 400 into a bad request for its caller and any other status into a
+        # service error; 401/403 and the retryable statuses must stay service errors.
+        if path.startswith(QDRANT_PREFIX) and status < 500 and status not in (401, 403, 429):
+            status = 400
+        body = {"error": message, "code": code}
+    elif is_tei(path):
         # TEI's ErrorType: Empty (400), Validation (422; TEI also reports over-long and too many
         # inputs there), Overloaded (429), Unhealthy (503), Backend (424 for other failures).
         if code == "EMPTY_INPUT":

@@ -12,26 +12,56 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from remora.sidecar.errors import error_response
 
+# Set in a request's scope state when its key must come from its body; the value is the key.
+BODY_KEY_REQUIRED = "remora_body_key_required"
+
 
 class BodyTooLarge(Exception):
     pass
 
 
+def key_matches(given: bytes | None, expected: bytes) -> bool:
+    # Constant-time: the comparison must not leak how much of a guess was right.
+    return bool(given) and hmac.compare_digest(given or b"", expected)
+
+
+def body_key_ok(state: dict[str, object], token: str | None) -> bool:
+    """For a body-token path: whether the request may go on (its header key was good, or no key
+    is configured, or the key in its body matches)."""
+    expected = state.get(BODY_KEY_REQUIRED)
+    if not isinstance(expected, bytes):
+        return True
+    return key_matches(token.encode() if isinstance(token, str) else None, expected)
+
+
 class Gate:
-    def __init__(self, app: ASGIApp, *, api_key: str | None, exempt: tuple[str, ...], max_body: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        api_key: str | None,
+        exempt: tuple[str, ...],
+        max_body: int,
+        exempt_prefixes: tuple[str, ...] = (),
+        body_token_paths: tuple[str, ...] = (),
+    ) -> None:
         self.app = app
         self.api_key = api_key.encode() if api_key else None
         self.exempt = exempt
+        self.exempt_prefixes = exempt_prefixes
+        # Callers that carry the key inside the JSON body (Qdrant's inference hook sends "token"):
+        # without a header key the request goes on, marked, and the route checks the body's key.
+        self.body_token_paths = body_token_paths
         self.max_body = max_body
 
     def _authorized(self, scope: Scope) -> bool:
-        if self.api_key is None or scope["path"] in self.exempt:
+        path = scope["path"]
+        if self.api_key is None or path in self.exempt or bool(self.exempt_prefixes and path.startswith(self.exempt_prefixes)):
             return True
         headers = dict(scope["headers"])
         auth = headers.get(b"authorization", b"")
         token = auth[7:].strip() if auth[:7].lower() == b"bearer " else headers.get(b"x-api-key", b"").strip()
-        # Constant-time: the comparison must not leak how much of a guess was right.
-        return bool(token) and hmac.compare_digest(token, self.api_key)
+        return key_matches(token, self.api_key)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -39,10 +69,17 @@ class Gate:
             return
         path = scope["path"]
         if not self._authorized(scope):
+            if path in self.body_token_paths:
+                scope.setdefault("state", {})[BODY_KEY_REQUIRED] = self.api_key
+                await self._limited(scope, receive, send)
+                return
             response = error_response(path, "UNAUTHORIZED", "a valid API key is required (Authorization: Bearer <key>)")
             response.headers["WWW-Authenticate"] = "Bearer"
             await response(scope, receive, send)
             return
+        await self._limited(scope, receive, send)
+
+    async def _limited(self, scope: Scope, receive: Receive, send: Send) -> None:
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
             await self._too_large(scope, receive, send)

@@ -119,6 +119,9 @@ class ServerSettings:
     config: Path | None = None
     api_key: str | None = None
     auth_exempt: tuple[str, ...] = AUTH_EXEMPT
+    # Weaviate's module clients send no headers at all, so with an API key they can reach only
+    # what this opens: the /weaviate/<model>/ routes, without the key.
+    weaviate_open: bool = False
     max_request_bytes: int = 4 * 2**20
     max_inputs: int = 1024
     request_timeout_s: float = 60.0
@@ -143,6 +146,7 @@ def server_settings(environ: Mapping[str, str] | None = None, *, config: Path | 
         config=config_path,
         api_key=key,
         auth_exempt=() if _flag(env, "REMORA_AUTH_HEALTH") else AUTH_EXEMPT,
+        weaviate_open=_flag(env, "REMORA_WEAVIATE_OPEN"),
         max_request_bytes=limit or 4 * 2**20,
         max_inputs=_int(env, "REMORA_MAX_INPUTS") or 1024,
         request_timeout_s=_float(env, "REMORA_REQUEST_TIMEOUT", 60.0),

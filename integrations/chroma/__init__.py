@@ -1,0 +1,1 @@
+"""Remora as the chroma integration's embedding / rerank provider."""

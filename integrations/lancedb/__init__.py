@@ -1,0 +1,1 @@
+"""Remora as the lancedb integration's embedding / rerank provider."""

@@ -1,0 +1,1 @@
+"""Remora as the qdrant integration's embedding / rerank provider."""

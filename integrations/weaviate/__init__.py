@@ -1,0 +1,1 @@
+"""Remora as the weaviate integration's embedding / rerank provider."""
