@@ -91,7 +91,7 @@ class RemoraClient:
     """A connection pool to one sidecar. Thread-safe (httpx.Client is); close it, or use `with`."""
 
     url: str = field(default_factory=default_url)
-    api_key: str | None = field(default_factory=default_api_key)
+    api_key: str | None = field(default_factory=default_api_key, repr=False)  # a printed client must not show it
     timeout: float = 120.0
     batch_size: int = BATCH
     headers: Mapping[str, str] = field(default_factory=dict)

@@ -47,6 +47,7 @@ from remora.core.model import LoadedModel
 from remora.core.pool import State
 from remora.sidecar.codec import WireError, body_schema, json_response, read_body
 from remora.sidecar.routes.compat_common import text_only
+from remora.sidecar.routes.weaviate import root_rerank
 from remora.sidecar.state import Remora, remora
 
 router = APIRouter(tags=["tei"])
@@ -220,6 +221,11 @@ async def embed_sparse(request: Request) -> Response:
 @router.post("/rerank", response_model=list[Rank], response_model_exclude_none=True,
              openapi_extra=body_schema(RerankRequest))
 async def rerank(request: Request) -> Response:
+    """TEI's rerank; a body with "documents" and no "texts" is Weaviate's reranker-transformers
+    module, which posts to this same path, and is answered in its shape (routes/weaviate.py)."""
+    weaviate = await root_rerank(request)
+    if weaviate is not None:
+        return weaviate
     state = remora(request)
     with _tei_codes():
         body = await read_body(request, RerankRequest)
