@@ -78,3 +78,19 @@ def test_errors_say_which_sidecar_and_why(remora: RemoraClient, sidecar: Sidecar
         down.embed(["x"])
     assert unreachable.value.status is None and "unreachable" in str(unreachable.value)
     assert remora.embed([]) == []  # nothing to do: no request at all
+
+
+def test_no_integration_imports_torch() -> None:
+    """The integrations are HTTP clients: importing all of them loads neither torch nor the engine."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "import remora.integrations.client, remora.integrations.qdrant, remora.integrations.qdrant.edge\n"
+        "import remora.integrations.chroma, remora.integrations.weaviate, remora.integrations.lancedb\n"
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('remora.core')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
