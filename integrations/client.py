@@ -23,6 +23,7 @@ import httpx
 DEFAULT_URL = "http://127.0.0.1:8080"
 URL_ENV = "REMORA_URL"
 API_KEY_ENV = "REMORA_API_KEY"
+MODEL_HEADER = "X-Remora-Model"
 BATCH = 256  # texts per request; the sidecar's default limit is 1,024
 
 InputType = Literal["query", "document"]
@@ -127,8 +128,12 @@ class RemoraClient:
     def post(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """POST a JSON body; the JSON answer, or a RemoraError saying why not."""
         where = f"{self.url}{path}"
+        model = body.get("model")
+        # A proxy in front of a shared pool of sidecars routes by this header (consistent hashing),
+        # so each model stays warm on a few replicas; the body alone is opaque to it.
+        headers = {MODEL_HEADER: model} if isinstance(model, str) else None
         try:
-            response = self.http.post(path, json=dict(body))
+            response = self.http.post(path, json=dict(body), headers=headers)
         except httpx.TimeoutException as exc:
             raise RemoraUnavailable(where, f"no answer within {self.timeout:g} s ({type(exc).__name__})") from exc
         except httpx.TransportError as exc:

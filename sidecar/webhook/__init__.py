@@ -1,0 +1,1 @@
+"""The sidecar-injection admission webhook: `remora webhook`."""
