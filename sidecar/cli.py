@@ -7,13 +7,16 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from remora.core.defaults import DEFAULT_MODEL_ID
-from remora.core.engine import Engine
-from remora.core.errors import RemoraError
+# The engine (and torch) are imported only by the commands that run it: `remora webhook` runs in
+# a small pod of its own and never loads a model.
+if TYPE_CHECKING:
+    from remora.core.engine import Engine
 
 
 def _engine(args: argparse.Namespace) -> Engine:
+    from remora.core.engine import Engine
     from remora.sidecar.settings import engine_settings
 
     engine = Engine(engine_settings())
@@ -67,7 +70,35 @@ def _serve(args: argparse.Namespace) -> int:
     return serve(settings, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
 
 
+def _webhook(args: argparse.Namespace) -> int:
+    from remora.sidecar.webhook.config import ConfigError, load_config
+    from remora.sidecar.webhook.server import TLSError, serve
+
+    try:
+        config = load_config(args.config)
+        return serve(config, host=args.host, port=args.port, certfile=args.tls_cert, keyfile=args.tls_key,
+                     log_level=args.log_level)
+    except (ConfigError, TLSError) as exc:
+        print(f"remora webhook: {exc}", file=sys.stderr)
+        return 2
+
+
+def _webhook_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s; 0.0.0.0 in the cluster)")
+    p.add_argument("--port", type=int, default=8443)
+    p.add_argument("--tls-cert", type=Path, required=True, help="PEM certificate (reloaded when the file changes)")
+    p.add_argument("--tls-key", type=Path, required=True, help="PEM private key")
+    p.add_argument("--config", type=Path, required=True, help="injection config (YAML): what the sidecar gets")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(run=_webhook)
+
+
+WEBHOOK_HELP = "run the sidecar-injection admission webhook (HTTPS, POST /mutate)"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from remora.core.defaults import DEFAULT_MODEL_ID
+
     parser = argparse.ArgumentParser(prog="remora", description="Small-model inference beside your vector database.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -100,10 +131,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("query_text", nargs="?", default="How does Remora avoid wasting compute on padding?")
     model_args(demo)
     demo.set_defaults(run=_demo)
+
+    _webhook_arguments(sub.add_parser("webhook", help=WEBHOOK_HELP))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["webhook"]:
+        # Parsed on its own: the full parser imports remora.core (and with it torch) for its defaults.
+        hook = argparse.ArgumentParser(prog="remora webhook", description=WEBHOOK_HELP)
+        _webhook_arguments(hook)
+        return int(_webhook(hook.parse_args(argv[1:])))
+    from remora.core.errors import RemoraError
+
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args))

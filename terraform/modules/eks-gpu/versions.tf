@@ -1,0 +1,11 @@
+terraform {
+  # Cross-variable-free validations, optional() object attributes, mock providers in the tests.
+  required_version = ">= 1.7"
+
+  required_providers {
+    aws = {
+      source  = "hashicorp/aws"
+      version = ">= 5.100, < 6.0"
+    }
+  }
+}
