@@ -28,6 +28,7 @@ from remora.core.errors import InvalidInput, InvalidModelId, ModelNotFound, Path
 from remora.core.layers.attention import select_attention
 from remora.core.memory import default_budget
 from remora.core.model import Encoded, LoadedModel, Output, Runtime
+from remora.core.paths import confine, inside, resolve_roots
 from remora.core.pool import ModelPool, ModelStatus
 from remora.core.scheduler import Scheduler
 
@@ -80,7 +81,16 @@ class Engine:
             max_batch_size=settings.max_batch_size,
         )
         budget = settings.memory_budget or default_budget(self.device, settings.memory_fraction)
-        self.pool = ModelPool(self.runtime, budget_bytes=budget, load_timeout_s=settings.load_timeout_s, hub=settings.hub)
+        roots = resolve_roots(settings.model_roots)
+        default_dir = default_model_dir()
+        if roots and default_dir is not None:
+            # The embedded default model ships inside an installed package: trusted, and it must
+            # keep serving when the roots confine everything users register (the images set them).
+            roots = (*roots, default_dir.resolve())
+        self.pool = ModelPool(
+            self.runtime, budget_bytes=budget, load_timeout_s=settings.load_timeout_s, hub=settings.hub,
+            roots=roots,
+        )
         self.scheduler = Scheduler(
             self.pool,
             max_batch_tokens=self.runtime.max_batch_tokens,
@@ -124,14 +134,20 @@ class Engine:
         self.pool.unregister(self.resolve_id(model_id))
 
     def check_path(self, path: Path) -> Path:
-        """The resolved directory, refused unless it lies inside a configured model root."""
-        resolved = path.expanduser().resolve()
-        roots = [Path(r).expanduser().resolve() for r in self.settings.model_roots]
-        if roots and not any(resolved.is_relative_to(root) for root in roots):
-            raise PathNotAllowed(f"model path {path} lies outside the configured model roots")
-        if not resolved.is_dir():
+        """The resolved directory, refused unless it, and every file under it, lies inside a
+        configured model root (the pool checks again at each load: files change)."""
+        try:
+            resolved = path.expanduser().resolve()
+            roots = resolve_roots(self.settings.model_roots)
+            if roots and not inside(resolved, roots):
+                raise PathNotAllowed(f"model path {path} lies outside the configured model roots")
+            is_dir = resolved.is_dir()
+        except (OSError, ValueError) as exc:  # a NUL byte, a name too long for the file system
+            raise InvalidInput(f"invalid model path {str(path)[:200]!r}: {exc}") from None
+        if not is_dir:
             # A configuration mistake, not a broken model: refused as input.
             raise InvalidInput(f"model directory {path} does not exist")
+        confine(resolved, roots)
         return resolved
 
     def _register_default(self) -> None:

@@ -36,6 +36,7 @@ from remora.core.errors import (
 from remora.core.loader import load_model, resolve_dtype
 from remora.core.memory import estimate_model_bytes, release_memory
 from remora.core.model import LoadedModel, Runtime
+from remora.core.paths import confine
 
 log = logging.getLogger("remora.pool")
 
@@ -132,6 +133,7 @@ class ModelPool:
         budget_bytes: int,
         load_timeout_s: float = 120.0,
         hub: HubSettings | None = None,
+        roots: tuple[Path, ...] = (),
         load_workers: int = 2,
     ) -> None:
         self.runtime = runtime
@@ -141,6 +143,9 @@ class ModelPool:
         # (the precise error) rather than timing out first with ModelLoading.
         self.wait_timeout_s = load_timeout_s + 2.0
         self.hub = hub or HubSettings()
+        # Resolved model roots: when set, every file a load opens must resolve inside them (a hub
+        # snapshot: inside them or the hub cache).
+        self.roots = roots
         self._entries: dict[str, _Entry] = {}
         self._aliases: dict[str, str] = {}
         self._retired: list[_Entry] = []
@@ -387,10 +392,15 @@ class ModelPool:
             future.set_exception(_fresh(error))
 
     def _resolved_spec(self, spec: ModelSpec) -> ModelSpec:
+        """The spec with a local directory, checked against the model roots at every load (the
+        directory's files may have changed since it was registered)."""
         if isinstance(spec.path, HubRef):
-            from remora.core.sources import resolve_hub
+            from remora.core.sources import hub_cache_dir, resolve_hub
 
-            return dataclasses.replace(spec, path=resolve_hub(spec.path, self.hub))
+            path = resolve_hub(spec.path, self.hub)
+            confine(path, (*self.roots, hub_cache_dir(self.hub)) if self.roots else ())
+            return dataclasses.replace(spec, path=path)
+        confine(spec.path, self.roots)
         return spec
 
     def _reserve(self, entry: _Entry, estimate: int) -> None:

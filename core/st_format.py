@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from remora.core.errors import ModelLoadError, UnsupportedArchitecture
+from remora.core.paths import child
 
 # Legacy boolean pooling keys, in the order sentence-transformers concatenates them.
 _LEGACY_POOLING = {
@@ -163,9 +164,9 @@ def read_st_config(model_dir: Path) -> StConfig:
     token_dense: list[Path] = []
     for entry in entries:
         kind = str(entry.get("type", "")).rsplit(".", 1)[-1]
-        sub = model_dir / str(entry.get("path", ""))
         if kind in ("Transformer", "MLMTransformer"):
             continue
+        sub = child(model_dir, str(entry.get("path", "")), named_in=modules_file)
         if kind == "SpladePooling":
             splade = _splade(read_json(sub / "config.json") if (sub / "config.json").is_file() else {}, st_config)
         elif pylate and kind == "Dense":

@@ -19,6 +19,7 @@ import torch
 from safetensors import safe_open
 
 from remora.core.errors import WeightsError
+from remora.core.paths import child
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
@@ -67,7 +68,7 @@ class Checkpoint:
                 shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
             except (ValueError, KeyError, TypeError) as exc:
                 raise WeightsError(f"unreadable shard index {index}: {exc}") from exc
-            files = [model_dir / shard for shard in shards]
+            files = [child(model_dir, str(shard), named_in=index) for shard in shards]
             missing = [str(f) for f in files if not f.is_file()]
             if missing:
                 raise WeightsError(f"shard index {index} names missing files: {', '.join(missing)}")

@@ -17,6 +17,7 @@ from starlette.responses import Response
 from remora.core.engine import Engine
 from remora.core.errors import RemoraError, Retryable
 from remora.sidecar.errors import WEAVIATE_PREFIX, error_response
+from remora.sidecar.internal_errors import InternalErrors
 from remora.sidecar.metrics import Metrics, MetricsMiddleware
 from remora.sidecar.middleware import Gate
 from remora.sidecar.registry import Registry, RegistryError
@@ -68,7 +69,9 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
     app.include_router(admin.router)
     _install_compat_routes(app)
     _install_error_handlers(app)
-    # Outermost first on the way in: metrics sees every request, the gate refuses early.
+    # Each add wraps the ones before. Metrics (outermost) sees every request; InternalErrors turns
+    # an unexpected exception into that request's 500; the gate refuses early (and answers its
+    # own body-limit signal, which must not reach InternalErrors).
     app.add_middleware(
         Gate,
         api_key=settings.api_key,
@@ -77,6 +80,7 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
         body_token_paths=(QDRANT_INFERENCE_PATH,),
         max_body=settings.max_request_bytes,
     )
+    app.add_middleware(InternalErrors)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     return app
 
@@ -116,10 +120,6 @@ def _install_error_handlers(app: FastAPI) -> None:
         response.headers.update(exc.headers or {})  # a 405 must say what is Allowed
         return response
 
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, exc: Exception) -> Response:
-        log.exception("internal error on %s", request.url.path)
-        return error_response(request.url.path, "INTERNAL", f"internal error: {type(exc).__name__}")
 
 
 def _reload(state: Remora) -> None:
