@@ -24,7 +24,7 @@ class ServerProcess:
     """`python -m remora.sidecar.cli serve` in a child process; `url` once healthy."""
 
     def __init__(self, *, config: Path | None = None, env: Mapping[str, str] | None = None,
-                 log: Path | None = None, api_key: str | None = None) -> None:
+                 log: Path | None = None, api_key: str | None = None, drop_env: tuple[str, ...] = ()) -> None:
         self.port = free_port()
         # Sent by wait_healthy / wait_ready, for servers that guard health routes (REMORA_AUTH_HEALTH).
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -32,7 +32,8 @@ class ServerProcess:
         args = [sys.executable, "-m", "remora.sidecar.cli", "serve", "--port", str(self.port)]
         if config is not None:
             args += ["--config", str(config)]
-        environ = {**os.environ, "REMORA_THREADS": "1", **(env or {})}
+        environ = {k: v for k, v in os.environ.items() if k not in drop_env}
+        environ = {**environ, "REMORA_THREADS": "1", **(env or {})}
         self.log_path = log
         self._log = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(args, env=environ, stdout=self._log, stderr=subprocess.STDOUT)
