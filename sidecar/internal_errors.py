@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from remora.sidecar.errors import error_response
+from remora.sidecar.middleware import StartTracker
 
 log = logging.getLogger("remora")
 
@@ -26,21 +27,14 @@ class InternalErrors:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        tracked = StartTracker(send)
         try:
-            await self.app(scope, receive, tracking_send)
+            await self.app(scope, receive, tracked)
         except Exception as exc:
             path = scope["path"]
             # The traceback goes to the log; the request's content never does (only its path).
             log.exception("internal error on %s", path)
-            if started:
+            if tracked.started:
                 raise  # half a response is out: only closing the connection can say it failed
             response = error_response(path, "INTERNAL", f"internal error: {type(exc).__name__}")
             await response(scope, receive, send)

@@ -20,6 +20,19 @@ class BodyTooLarge(Exception):
     pass
 
 
+class StartTracker:
+    """`send`, remembering whether the response has started (after that, no error response fits)."""
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self.send(message)
+
+
 def key_matches(given: bytes | None, expected: bytes) -> bool:
     # Constant-time: the comparison must not leak how much of a guess was right.
     return bool(given) and hmac.compare_digest(given or b"", expected)
@@ -86,7 +99,6 @@ class Gate:
             return
 
         received = 0
-        started = False
 
         async def limited_receive() -> Message:
             nonlocal received
@@ -97,16 +109,11 @@ class Gate:
                     raise BodyTooLarge
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        tracked = StartTracker(send)
         try:
-            await self.app(scope, limited_receive, tracking_send)
+            await self.app(scope, limited_receive, tracked)
         except BodyTooLarge:
-            if not started:
+            if not tracked.started:
                 await self._too_large(scope, receive, send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
