@@ -156,6 +156,7 @@ def test_concurrent_interleaved_use_all_succeeds(
     pool, recorder = three
     # Loads wait for a lease to come back while the other threads keep using the loaded models.
     pool.load_timeout_s = 30.0
+    pool.wait_timeout_s = 32.0  # a waiter's limit follows the load's (set from it at construction)
     errors: list[BaseException] = []
 
     def client(seed: int) -> None:
