@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from remora.core.batch import pack
 from remora.core.config import ModelSpec
 from remora.core.errors import ModelLoadError, WeightsError
 from remora.core.heads.cross_encoder import count_labels
@@ -127,6 +128,7 @@ def load_model(spec: ModelSpec, runtime: Runtime) -> LoadedModel:
     # Cast before filling, so the checkpoint is copied straight into the run dtype.
     module.to(dtype=resolve_dtype(spec.dtype, runtime.device)).eval()
     load_weights(module, checkpoint, table, drop=drop, where=str(path))
+    _check_runs(module, runtime, arch_name, path)
     module.sparse, module.multivector = build_outputs(
         extras, path, config, arch_name, encoder, checkpoint, lowercase=st.lowercase,
         dtype=resolve_dtype(spec.dtype, runtime.device), device=runtime.device,
@@ -159,6 +161,26 @@ def load_model(spec: ModelSpec, runtime: Runtime) -> LoadedModel:
         )
     except ValueError as exc:
         raise ModelLoadError(f"cannot load {path}: {exc}") from exc
+
+
+def _check_runs(module: TextModel, runtime: Runtime, arch_name: str, path: Path) -> None:
+    """One two-token forward pass through the encoder: a config whose shapes agree with the
+    checkpoint but not with each other (a hidden size that the heads do not divide) fails the
+    load here, with the model's name, instead of every request later."""
+    try:
+        with torch.inference_mode():
+            hidden = module.encoder(pack([[0, 0]]).to(runtime.device))  # [2, h]
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{arch_name} from {path / 'config.json'} does not run: {type(exc).__name__}: {exc}"
+        ) from exc
+    if tuple(hidden.shape) != (2, module.encoder.hidden_size):
+        raise ModelLoadError(
+            f"{arch_name} from {path / 'config.json'} does not run: a test pass gave hidden states of shape "
+            f"{tuple(hidden.shape)}, not (2, {module.encoder.hidden_size})"
+        )
 
 
 def _score_activation(arch: Architecture, st: StConfig, config: dict[str, Any], head: nn.Module | None) -> str | None:

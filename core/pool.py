@@ -32,6 +32,7 @@ from remora.core.errors import (
     ModelNotFound,
     ModelTooLarge,
     RemoraError,
+    ShuttingDown,
 )
 from remora.core.loader import load_model, resolve_dtype
 from remora.core.memory import estimate_model_bytes, release_memory
@@ -152,6 +153,7 @@ class ModelPool:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)  # a lease came back or memory was freed
         self._loader = ThreadPoolExecutor(max_workers=load_workers, thread_name_prefix="remora-load")
+        self._closed = False
         self.listeners: list[Listener] = []
 
     # -- registry -------------------------------------------------------------------------
@@ -343,6 +345,8 @@ class ModelPool:
         """Lock held. One load per entry however many requests ask."""
         if entry.state is State.LOADING and entry.future is not None:
             return entry.future
+        if self._closed:
+            raise ShuttingDown("the server is shutting down; no model loads now", retry_after=1.0)
         entry.state = State.LOADING
         future: Future[None] = Future()
         entry.future = future
@@ -353,6 +357,8 @@ class ModelPool:
         started = time.perf_counter()
         events: list[PoolEvent] = []
         try:
+            if self._closed:
+                raise ShuttingDown("the server shut down before this model loaded", retry_after=1.0)
             spec = self._resolved_spec(entry.spec)
             assert isinstance(spec.path, Path)
             estimate = estimate_model_bytes(spec.path, resolve_dtype(spec.dtype, self.runtime.device))
@@ -376,7 +382,7 @@ class ModelPool:
             events.insert(0, PoolEvent("load", entry.spec.id, time.perf_counter() - started))
             self._emit(events)
             future.set_result(None)
-        except MemoryBusy as exc:
+        except (MemoryBusy, ShuttingDown) as exc:
             # Transient: the model stays available; the waiting requests get the retryable error.
             with self._lock:
                 entry.state, entry.future = State.AVAILABLE, None
@@ -420,6 +426,8 @@ class ModelPool:
                 if fits:
                     entry.nbytes = estimate
                     break
+                if self._closed:
+                    raise ShuttingDown("the server shut down while this model waited for memory", retry_after=1.0)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise MemoryBusy(
@@ -491,5 +499,11 @@ class ModelPool:
         yield from items
 
     def close(self) -> None:
-        self._loader.shutdown(wait=False, cancel_futures=True)
+        """No more loads. A load waiting for memory gives up at once with ShuttingDown (its thread
+        would otherwise keep the process from exiting for up to the load timeout); queued loads
+        fail the same way; a load already reading weights finishes first."""
+        with self._lock:
+            self._closed = True
+            self._changed.notify_all()
+        self._loader.shutdown(wait=False)
 

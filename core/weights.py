@@ -11,17 +11,26 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import math
+import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from remora.core.errors import WeightsError
 from remora.core.paths import child
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+# safetensors dtype names -> torch dtypes (the format's little-endian layouts).
+ST_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+MAX_HEADER_BYTES = 100_000_000  # as the safetensors library: a larger header is a corrupt file
 
 
 @dataclass(frozen=True)
@@ -45,18 +54,33 @@ Source = str | Fuse | Rows
 WeightTable = Mapping[str, Source]
 
 
+@dataclass(frozen=True)
+class _Stored:
+    """Where one tensor lies: its file, dtype, shape and absolute byte range."""
+
+    file: Path
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    offset: int
+    nbytes: int
+
+
 class Checkpoint:
-    """The safetensors files of one model directory, read lazily (tensors are mmapped on demand)."""
+    """The safetensors files of one model directory, read lazily, tensor by tensor.
+
+    Tensors are read with ordinary file reads, never memory-mapped: a file truncated or rewritten
+    in place while a model loads (`cp` over it) then fails that load with a WeightsError, where a
+    read from a mapping past the file's new end would kill the whole process with SIGBUS."""
 
     def __init__(self, files: Sequence[Path]) -> None:
         self.files = tuple(files)
-        self._owner: dict[str, Path] = {}
+        self._stored: dict[str, _Stored] = {}
         for file in self.files:
             try:
-                with safe_open(str(file), framework="pt") as handle:
-                    for name in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
-                        self._owner[name] = file
-            except Exception as exc:  # safetensors raises several types for a bad header
+                self._stored.update(_read_header(file))
+            except WeightsError:
+                raise
+            except Exception as exc:  # a bad header can fail in many ways
                 raise WeightsError(f"corrupt safetensors file {file}: {exc}") from exc
 
     @classmethod
@@ -84,35 +108,88 @@ class Checkpoint:
         raise WeightsError(f"no weights in {model_dir}: expected {single.name} or {index.name}")
 
     def names(self) -> set[str]:
-        return set(self._owner)
+        return set(self._stored)
 
     def shape(self, name: str) -> tuple[int, ...]:
-        with safe_open(str(self._owner[name]), framework="pt") as handle:
-            return tuple(handle.get_slice(name).get_shape())
+        return self._stored[name].shape
 
     def rows(self, name: str, rows: Sequence[int]) -> torch.Tensor:
         """Rows `rows` of a tensor (stacked along dim 0), read without loading the rest."""
-        file = self._owner[name]
-        try:
-            with safe_open(str(file), framework="pt") as handle:
-                part = handle.get_slice(name)
-                count = part.get_shape()[0]
-                outside = [r for r in rows if not 0 <= r < count]
-                if outside:
-                    raise WeightsError(f"tensor {name!r} has {count} rows; rows {outside} do not exist")
-                return torch.cat([part[r : r + 1] for r in rows])
-        except WeightsError:
-            raise
-        except Exception as exc:
-            raise WeightsError(f"corrupt safetensors file {file}: cannot read {name!r}: {exc}") from exc
+        stored = self._stored[name]
+        count = stored.shape[0] if stored.shape else 0
+        outside = [r for r in rows if not 0 <= r < count]
+        if outside:
+            raise WeightsError(f"tensor {name!r} has {count} rows; rows {outside} do not exist")
+        rest = stored.shape[1:]
+        row_bytes = math.prod(rest) * stored.dtype.itemsize
+        if not rows or row_bytes == 0:
+            return torch.empty((len(rows), *rest), dtype=stored.dtype)
+        data = bytearray().join(_read(stored, name, stored.offset + r * row_bytes, row_bytes) for r in rows)
+        return torch.frombuffer(data, dtype=stored.dtype).reshape(len(rows), *rest)
 
     def tensor(self, name: str) -> torch.Tensor:
-        file = self._owner[name]
-        try:
-            with safe_open(str(file), framework="pt") as handle:
-                return handle.get_tensor(name)
-        except Exception as exc:
-            raise WeightsError(f"corrupt safetensors file {file}: cannot read {name!r}: {exc}") from exc
+        stored = self._stored[name]
+        if stored.nbytes == 0:
+            return torch.empty(stored.shape, dtype=stored.dtype)
+        data = _read(stored, name, stored.offset, stored.nbytes)
+        return torch.frombuffer(data, dtype=stored.dtype).reshape(stored.shape)
+
+
+def _read_header(file: Path) -> dict[str, _Stored]:
+    """The tensors a safetensors file holds, from its header, each checked to lie inside the file."""
+    with file.open("rb") as handle:
+        size = handle.seek(0, 2)
+        handle.seek(0)
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            raise WeightsError(f"corrupt safetensors file {file}: {size} bytes, too short for a header")
+        (length,) = struct.unpack("<Q", prefix)
+        if length > min(size - 8, MAX_HEADER_BYTES):
+            raise WeightsError(f"corrupt safetensors file {file}: header length {length} past the end of the file")
+        header = json.loads(handle.read(length))
+    if not isinstance(header, dict):
+        raise WeightsError(f"corrupt safetensors file {file}: the header is not a JSON object")
+    data_start, data_len = 8 + length, size - 8 - length
+    stored = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = ST_DTYPES.get(info["dtype"])
+        if dtype is None:
+            raise WeightsError(f"corrupt safetensors file {file}: tensor {name!r} has unknown dtype {info['dtype']!r}")
+        shape = tuple(int(d) for d in info["shape"])
+        begin, end = (int(x) for x in info["data_offsets"])
+        if any(d < 0 for d in shape) or not 0 <= begin <= end <= data_len:
+            raise WeightsError(
+                f"corrupt safetensors file {file}: tensor {name!r} lies at bytes {begin}..{end} of {data_len}"
+            )
+        if end - begin != math.prod(shape) * dtype.itemsize:
+            raise WeightsError(
+                f"corrupt safetensors file {file}: tensor {name!r} of shape {shape} takes {end - begin} bytes"
+            )
+        stored[name] = _Stored(file, dtype, shape, data_start + begin, end - begin)
+    return stored
+
+
+def _read(stored: _Stored, name: str, offset: int, nbytes: int) -> bytearray:
+    """`nbytes` from `offset` of the tensor's file, or a WeightsError if the file is gone or shorter now."""
+    data = bytearray(nbytes)
+    view = memoryview(data)
+    try:
+        with stored.file.open("rb", buffering=0) as handle:
+            handle.seek(offset)
+            got = 0
+            while got < nbytes:
+                n = handle.readinto(view[got:])
+                if not n:
+                    raise WeightsError(
+                        f"corrupt safetensors file {stored.file}: cannot read {name!r}: the file ends at byte "
+                        f"{offset + got}, before the tensor does (truncated or rewritten while loading?)"
+                    )
+                got += n
+    except OSError as exc:
+        raise WeightsError(f"corrupt safetensors file {stored.file}: cannot read {name!r}: {exc}") from exc
+    return data
 
 
 def expand(table: WeightTable, num_layers: int) -> dict[str, Source]:

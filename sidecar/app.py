@@ -41,6 +41,7 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
     except (RegistryError, RemoraError) as exc:
         raise SystemExit(f"remora: {exc}") from None
     state = Remora(engine, Service(engine, settings), Metrics(engine), settings, registry)
+    registry.listeners.append(state.metrics.on_reload)  # reloads after this first load
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -53,9 +54,10 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
         finally:
             state.draining = True
             preload.cancel()
-            # Queued requests finish (uvicorn already waited for open connections).
-            # Past the grace, what is still queued fails with SHUTTING_DOWN; a running batch ends.
-            await loop.run_in_executor(None, lambda: engine.close(timeout=settings.shutdown_grace_s))
+            # uvicorn has already waited up to the grace for the requests in flight: what is still
+            # queued belongs to requests it cut off (answered SHUTTING_DOWN), so it fails now rather
+            # than running for a second grace period; a running batch ends.
+            await loop.run_in_executor(None, lambda: engine.close(timeout=0.0))
             state.service.close()
 
     app = FastAPI(

@@ -72,6 +72,10 @@ class Metrics:
                                       buckets=_LOADS, registry=registry)
         self.evictions = Counter("remora_model_evictions", "Models taken out of memory, by reason",
                                  ["model", "reason"], registry=registry)
+        self.reloads = Counter("remora_registry_reloads", "Registry file reloads (SIGHUP or the route) by result",
+                               ["result"], registry=registry)
+        for result in ("ok", "error"):  # both series from the start: an alert can use increase()
+            self.reloads.labels(result)
         registry.register(_EngineGauges(engine))
         engine.pool.listeners.append(self.on_pool)
         engine.scheduler.listeners.append(self.on_batch)
@@ -84,6 +88,9 @@ class Metrics:
             self.loads.labels(event.model_id, "error").inc()
         elif event.kind == "evict":
             self.evictions.labels(event.model_id, event.reason).inc()
+
+    def on_reload(self, applied: bool) -> None:
+        self.reloads.labels("ok" if applied else "error").inc()
 
     def on_batch(self, event: BatchEvent) -> None:
         self.batch_tokens.labels(event.model_id).observe(event.tokens)

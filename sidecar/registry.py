@@ -20,6 +20,7 @@ the ones the file no longer lists; models registered through the API are left al
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,9 +58,12 @@ class RegistryFile:
 
 def read_registry(path: Path) -> RegistryFile:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise RegistryError(f"cannot read model registry {path}: {exc}") from None
+    if data is None:
+        # Most often a file caught mid-write: read as "no models" it would unregister them all.
+        raise RegistryError(f"{path}: the registry is empty; write 'models: []' to register no models")
     if not isinstance(data, dict):
         raise RegistryError(f"{path}: the registry must be a mapping with a 'models' list")
     unknown = set(data) - {"models", "default_model", "default_reranker", "default_extractor"}
@@ -105,12 +109,26 @@ class Registry:
     path: Path | None
     applied: dict[str, Entry] = field(default_factory=dict)
     current: RegistryFile = field(default_factory=RegistryFile)
+    listeners: list[Callable[[bool], None]] = field(default_factory=list)  # told whether each load applied
 
     def load(self) -> dict[str, list[str]]:
         """(Re)read the file and apply it. A bad file changes nothing."""
         if self.path is None:
             return {"added": [], "changed": [], "removed": []}
-        new = read_registry(self.path)
+        try:
+            changes = self._apply(read_registry(self.path))
+        except Exception:
+            self._tell(False)
+            raise
+        self._tell(True)
+        return changes
+
+    def _tell(self, applied: bool) -> None:
+        for listener in self.listeners:
+            listener(applied)
+
+    def _apply(self, new: RegistryFile) -> dict[str, list[str]]:
+        assert self.path is not None
         for entry in new.entries:  # validate every entry before touching the engine
             aliases = dict(entry.options).get("aliases") or ()
             try:

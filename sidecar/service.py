@@ -19,7 +19,7 @@ import numpy as np
 from starlette.requests import Request
 
 from remora.core.engine import Engine
-from remora.core.errors import DeadlineExceeded, InvalidInput, ModelLoading
+from remora.core.errors import DeadlineExceeded, InvalidInput, ModelLoading, ShuttingDown
 from remora.core.extract import Aggregation, Entity, check_aggregation, finish_extract, prepare_extract
 from remora.core.model import LoadedModel, Output, Prepared, Rows
 from remora.core.pool import Lease
@@ -81,6 +81,8 @@ class Service:
                 await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(got)), timeout=max(remaining, 0.001))
             except TimeoutError:
                 raise ModelLoading(f"model {model_id!r} is still loading", retry_after=2.0) from None
+            except asyncio.CancelledError:
+                raise _cut_off(request) from None
 
     def _deadline(self, request: Request | None) -> float:
         timeout = self.settings.request_timeout_s
@@ -101,7 +103,10 @@ class Service:
         queued = False
         try:
             loop = asyncio.get_running_loop()
-            prepared = await loop.run_in_executor(self.tokenizers, prepare, lease.model)
+            try:
+                prepared = await loop.run_in_executor(self.tokenizers, prepare, lease.model)
+            except asyncio.CancelledError:
+                raise _cut_off(request) from None
             future = self.engine.scheduler.submit(lease, prepared, deadline=deadline)
             # The lease goes back when the scheduler is done with the request, not when this
             # coroutine gives up (deadline, client gone) while its batch may still be running.
@@ -121,8 +126,12 @@ class Service:
         if watcher is not None:
             waiting.add(watcher)
         try:
-            done, _ = await asyncio.wait(waiting, timeout=max(deadline - time.monotonic(), 0.001),
-                                         return_when=asyncio.FIRST_COMPLETED)
+            try:
+                done, _ = await asyncio.wait(waiting, timeout=max(deadline - time.monotonic(), 0.001),
+                                             return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                result.cancel()  # still queued: dropped before compute
+                raise _cut_off(request) from None
             if result in done:
                 return result.result()
             result.cancel()
@@ -255,9 +264,12 @@ class Service:
                                             outputs=model.similarity_outputs())
             return prepare
 
-        q, docs = await asyncio.gather(
-            self.run(request, name, encoder([query], True)), self.run(request, name, encoder(documents, False))
-        )
+        try:
+            q, docs = await asyncio.gather(
+                self.run(request, name, encoder([query], True)), self.run(request, name, encoder(documents, False))
+            )
+        except asyncio.CancelledError:  # a cancelled gather raises that, whatever its parts answered
+            raise _cut_off(request) from None
         model = docs.model
         scores = model.relevance_scores(model.finish_encoded(q.rows), model.finish_encoded(docs.rows))
         return Result(docs.model_id, scores, q.tokens + docs.tokens, model)
@@ -273,6 +285,18 @@ def truncate_dimensions(vectors: np.ndarray, dimensions: int, *, renormalize: bo
         norms = np.linalg.norm(cut, axis=1, keepdims=True)
         cut = cut / np.maximum(norms, 1e-12)
     return cut.astype(np.float32, copy=False)
+
+
+def _cut_off(request: Request | None) -> BaseException:
+    """What a cancelled request raises. Only uvicorn's shutdown cancels a request's task, once
+    REMORA_SHUTDOWN_GRACE has run out (a client that leaves is seen by `_disconnected`): the
+    request then answers 503 SHUTTING_DOWN, retryable elsewhere, instead of uvicorn's bare 500.
+    Any other cancellation goes on as one."""
+    state = getattr(request.app.state, "remora", None) if request is not None else None
+    if getattr(state, "draining", False):
+        return ShuttingDown("the server shut down before this request finished (REMORA_SHUTDOWN_GRACE ran out)",
+                            retry_after=1.0)
+    return asyncio.CancelledError()
 
 
 async def _disconnected(request: Request | None) -> None:
