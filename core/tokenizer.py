@@ -3,22 +3,35 @@
 Truncation follows sentence-transformers: texts are cut to `max_len` tokens (special tokens
 included), pairs with the longest-first strategy. With `truncate=False` an over-long input is
 an `InputTooLong` error that names it instead.
+
+A text far longer than `max_len` tokens is tokenized from its start only (`_head`), when the
+tokenizer splits words at whitespace: cutting it whole would cost time in proportion to its
+size (about a second per megabyte), holding a tokenizer thread that other requests need.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tokenizers import Encoding, Tokenizer
 from tokenizers.normalizers import Lowercase
 from tokenizers.normalizers import Sequence as NormalizerSequence
 
-from remora.core.errors import InputTooLong, ModelLoadError
+from remora.core.errors import InputTooLong, InvalidInput, ModelLoadError
+
+# A text longer than this many characters per `max_len` token is tokenized from a head first.
+HEAD_CHARS_PER_TOKEN = 16
+# Refusing an over-long text (truncate=False) names its length: exact, unless the text is longer
+# than this many characters per `max_len` token (then "over N", from its head).
+EXACT_COUNT_CHARS_PER_TOKEN = 1024
+_SPACE_RUN = re.compile(r"\s+")
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -40,7 +53,8 @@ class TextTokenizer:
             base = Tokenizer.from_file(str(path))
         except Exception as exc:
             raise ModelLoadError(f"unreadable tokenizer {path}: {exc}") from exc
-        if lowercase and "Lowercase" not in json.dumps(json.loads(base.to_str()).get("normalizer")):
+        spec = json.loads(base.to_str())
+        if lowercase and "Lowercase" not in json.dumps(spec.get("normalizer")):
             # sentence_bert_config's do_lower_case: lowercase before the tokenizer's own normalizer.
             base.normalizer = NormalizerSequence([Lowercase(), *([base.normalizer] if base.normalizer else [])])
         base.no_padding()
@@ -51,13 +65,24 @@ class TextTokenizer:
         # A separate instance for truncation: changing one shared tokenizer per call would race.
         self._truncating = Tokenizer.from_str(base.to_str())
         self._truncating.enable_truncation(max_length=max_len, strategy="longest_first", direction=direction)
+        # Heads keep the start of a text: only for right truncation, and only where a word's
+        # tokens depend on that word alone (see `_head`).
+        self._cut_early = direction == "right" and _splits_at_whitespace(spec.get("pre_tokenizer")) and not any(
+            re.search(r"\S\s+\S", str(token.get("content", ""))) for token in spec.get("added_tokens") or ()
+        )
         self.special_ids = {int(i) for i in base.get_added_tokens_decoder() if base.get_added_tokens_decoder()[i].special}
+        self._direction = direction
+        self._pair_template = _PairTemplate.of(base)
 
     def encode(self, texts: Sequence[str], *, truncate: bool = True) -> Tokenized:
         return self._run(list(texts), truncate=truncate)
 
     def encode_pairs(self, firsts: Sequence[str], seconds: Sequence[str], *, truncate: bool = True) -> Tokenized:
-        return self._run(list(zip(firsts, seconds, strict=True)), truncate=truncate)
+        pairs = list(zip(firsts, seconds, strict=True))
+        template = self._pair_template
+        if truncate and template is not None:
+            return self._checked(pairs, lambda: self._truncate_pairs(pairs, template))
+        return self._run(pairs, truncate=truncate)
 
     def encode_plain(self, texts: Sequence[str]) -> list[list[int]]:
         """Ids without special tokens and without truncation (pieces of a template)."""
@@ -144,18 +169,123 @@ class TextTokenizer:
         return _tokenized(self._encodings(inputs, truncate=truncate))
 
     def _encodings(self, inputs: list[Any], *, truncate: bool, pretokenized: bool = False) -> list[Encoding]:
+        return self._checked(inputs, lambda: self._encode_checked(inputs, truncate=truncate, pretokenized=pretokenized))
+
+    def _checked(self, inputs: list[Any], run: Callable[[], _T]) -> _T:
+        try:
+            return run()
+        except TypeError:
+            # `tokenizers` takes only text it can hand to Rust as UTF-8: a lone surrogate
+            # ("\ud800", possible in a Python str, never in JSON or msgpack) is a TypeError there.
+            bad = next((i for i, item in enumerate(inputs) if _unencodable(item)), None)
+            if bad is None:
+                raise
+            raise InvalidInput(
+                f"input {bad} is not valid Unicode: it holds a lone surrogate (U+D800 to U+DFFF)"
+            ) from None
+
+    def _encode_checked(self, inputs: list[Any], *, truncate: bool, pretokenized: bool) -> list[Encoding]:
         tokenizer = self._truncating if truncate else self._full
+        cut: set[int] = set()  # inputs replaced by a head that is already over max_len tokens
+        if self._cut_early and not pretokenized:
+            inputs = list(inputs)
+            floor = 0 if truncate else self.max_len * EXACT_COUNT_CHARS_PER_TOKEN
+            for index, item in enumerate(inputs):
+                longest = len(item) if isinstance(item, str) else max(map(len, item)) if isinstance(item, tuple) else 0
+                if longest <= floor:
+                    continue
+                shorter = self._shorten(item)
+                if shorter is not item:
+                    inputs[index] = shorter
+                    cut.add(index)
         encodings: list[Encoding] = tokenizer.encode_batch(
             inputs, add_special_tokens=True, is_pretokenized=pretokenized
         )
         if not truncate:
             for index, encoding in enumerate(encodings):
                 if len(encoding.ids) > self.max_len:
+                    size = f"over {len(encoding.ids)}" if index in cut else str(len(encoding.ids))
                     raise InputTooLong(
-                        f"input {index} is {len(encoding.ids)} tokens long; this model takes at most {self.max_len} "
+                        f"input {index} is {size} tokens long; this model takes at most {self.max_len} "
                         "(send truncate=true to cut it instead)"
                     )
         return encodings
+
+    def _shorten(self, item: Any) -> Any:
+        """A text, or a pair, with over-long texts replaced by heads that truncate the same way."""
+        if isinstance(item, str):
+            found = self._head(item)
+            return item if found is None else found[0]
+        if not (isinstance(item, tuple) and len(item) == 2 and all(isinstance(x, str) for x in item)):
+            return item
+        heads = [self._head(x) for x in item]
+        if heads[0] is not None and heads[1] is not None:
+            # Longest-first gives an odd spare token to the longer text: only whole counts tell which.
+            return item
+        for side, found in enumerate(heads):
+            if found is not None:
+                other = item[1 - side]
+                # The head must stay the longer of the two, as the whole text is: its first
+                # max_len tokens are the text's, so a shorter other text settles it.
+                if len(self._full.encode(other, add_special_tokens=False).ids) < self.max_len:
+                    return (found[0], other) if side == 0 else (other, found[0])
+        return item
+
+    def _truncate_pairs(self, pairs: list[tuple[str, str]], template: _PairTemplate) -> Tokenized:
+        """Pairs cut longest-first as `tokenizers` cuts them, computed here from each text's own
+        tokens. `tokenizers` also builds every overflowing window of a truncated pair, the
+        product of both texts' windows: two 35 kB texts took 2.5 GB, two 100 kB ones all memory."""
+        budget = self.max_len - template.size
+        window = self.max_len * HEAD_CHARS_PER_TOKEN
+        heads: list[tuple[str, int] | None] = []
+        texts: list[str] = []
+        for text in (t for pair in pairs for t in pair):
+            found = self._head(text) if self._cut_early and len(text) > window else None
+            heads.append(found)
+            texts.append(text if found is None else found[0])
+        content = self._full.encode_batch(texts, add_special_tokens=False)
+        ids: list[list[int]] = []
+        type_ids: list[list[int]] = []
+        for index in range(len(pairs)):
+            first, second = content[2 * index].ids, content[2 * index + 1].ids
+            counts = [len(first), len(second)]
+            for side in (0, 1):
+                # A head holds more tokens than the budget, as its text does; which text of the pair
+                # is longer decides the split, and only a whole count can tell when it is close.
+                if heads[2 * index + side] is not None and (
+                    heads[2 * index + 1 - side] is not None or counts[1 - side] >= self.max_len
+                ):
+                    whole = pairs[index][side]
+                    counts[side] = len(self._full.encode(whole, add_special_tokens=False).ids)
+            keep_first, keep_second = _longest_first(counts[0], counts[1], budget)
+            ids.append(template.ids(self._keep(first, keep_first), self._keep(second, keep_second)))
+            type_ids.append(template.type_ids(keep_first, keep_second))
+        return Tokenized(ids=ids, type_ids=type_ids)
+
+    def _keep(self, ids: list[int], count: int) -> list[int]:
+        return ids[:count] if self._direction == "right" else ids[len(ids) - count:]
+
+    def _head(self, text: str) -> tuple[str, int] | None:
+        """(a start of `text`, its token count) such that `text` has the same first `max_len`
+        tokens, or None when `text` is not that long or no such start is found.
+
+        The head ends at a word followed by whitespace. Tokens of words before its last one come
+        from those words alone (the pre-tokenizer splits there), so they are the whole text's
+        tokens too; when at least `max_len` of them start before the whitespace ahead of the last
+        word, truncation keeps exactly them. Windows grow fourfold, so a text with few tokens per
+        character (whitespace, control characters) costs at most a third more than one pass."""
+        window = self.max_len * HEAD_CHARS_PER_TOKEN
+        while window < len(text):
+            runs = [m.start() for m in _SPACE_RUN.finditer(text, window // 2, window)
+                    if not text[m.start() - 1].isspace()]
+            if len(runs) >= 2:
+                before_last_word, cut = runs[-2], runs[-1]
+                encoding = self._full.encode(text[:cut], add_special_tokens=False)
+                stable = sum(1 for start, _ in encoding.offsets if start < before_last_word)
+                if stable >= self.max_len:
+                    return text[:cut], len(encoding.ids)
+            window *= 4
+        return None
 
 
 @dataclass(frozen=True)
@@ -170,8 +300,111 @@ class Alignment:
     word_ids: list[int | None]
 
 
+def _unencodable(item: Any) -> bool:
+    """Whether a text, a pair or a list of words holds something UTF-8 cannot encode."""
+    if isinstance(item, str):
+        try:
+            item.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    return isinstance(item, tuple | list) and any(_unencodable(x) for x in item)
+
+
 def _tokenized(encodings: Sequence[Encoding]) -> Tokenized:
     return Tokenized(ids=[e.ids for e in encodings], type_ids=[e.type_ids for e in encodings])
+
+
+@dataclass(frozen=True)
+class _PairTemplate:
+    """What a tokenizer's post-processor puts around a pair: ids (and segment ids) before the
+    first text, between the two and after the second."""
+
+    before: list[int]
+    between: list[int]
+    after: list[int]
+    types: tuple[list[int], int, list[int], int, list[int]]  # before, first, between, second, after
+
+    @property
+    def size(self) -> int:
+        return len(self.before) + len(self.between) + len(self.after)
+
+    def ids(self, first: list[int], second: list[int]) -> list[int]:
+        return [*self.before, *first, *self.between, *second, *self.after]
+
+    def type_ids(self, first: int, second: int) -> list[int]:
+        before, type_first, between, type_second, after = self.types
+        return [*before, *[type_first] * first, *between, *[type_second] * second, *after]
+
+    @staticmethod
+    def of(tokenizer: Tokenizer) -> _PairTemplate | None:
+        """Read off the post-processor applied to a probe pair; None when it does not split
+        into special tokens around two runs of content (then `tokenizers` truncates)."""
+        first = tokenizer.encode("a", add_special_tokens=False)
+        second = tokenizer.encode("b c", add_special_tokens=False)
+        if not first.ids or not second.ids:
+            return None
+        out = tokenizer.post_process(first, second, add_special_tokens=True)
+        content = [i for i, special in enumerate(out.special_tokens_mask) if not special]
+        n = len(first.ids)
+        if [out.ids[i] for i in content] != first.ids + second.ids or content != [
+            *range(content[0], content[0] + n), *range(content[n], content[n] + len(second.ids))
+        ]:
+            return None
+        start_second, end_first, end_second = content[n], content[n - 1] + 1, content[-1] + 1
+        types = out.type_ids
+        if len({types[i] for i in content[:n]}) != 1 or len({types[i] for i in content[n:]}) != 1:
+            return None
+        return _PairTemplate(
+            before=out.ids[: content[0]],
+            between=out.ids[end_first:start_second],
+            after=out.ids[end_second:],
+            types=(types[: content[0]], types[content[0]], types[end_first:start_second], types[start_second],
+                   types[end_second:]),
+        )
+
+
+def _longest_first(first: int, second: int, budget: int) -> tuple[int, int]:
+    """How many tokens of each text a pair keeps: the `tokenizers` library's longest-first rule
+    (the shorter text whole if the longer can fill the rest, else half each, the odd token to
+    the longer, or to the second on a tie)."""
+    if first + second <= budget:
+        return first, second
+    swap = first > second
+    shorter, longer = (second, first) if swap else (first, second)
+    longer = shorter if shorter > budget else max(shorter, budget - shorter)
+    if shorter + longer > budget:
+        shorter = budget // 2
+        longer = shorter + budget % 2
+    return (longer, shorter) if swap else (shorter, longer)
+
+
+# Pre-tokenizers that split at whitespace, and those that only split further.
+_WORD_SPLITTERS = {"BertPreTokenizer", "Whitespace", "WhitespaceSplit"}
+_FURTHER_SPLITTERS = {"Punctuation", "Digits", "UnicodeScripts", "CharDelimiterSplit", "Split", "ByteLevel", "Metaspace"}
+
+
+def _splits_at_whitespace(node: Any) -> bool:
+    """Whether a tokenizer.json pre_tokenizer cuts text into pieces at whitespace (so no token
+    spans two words), and does nothing else that could join them."""
+    if not isinstance(node, dict):
+        return False
+    kind = node.get("type")
+    if kind == "Sequence":
+        parts = node.get("pretokenizers") or []
+        return all(isinstance(p, dict) and p.get("type") in _WORD_SPLITTERS | _FURTHER_SPLITTERS for p in parts) and any(
+            _splits_at_whitespace(p) for p in parts
+        )
+    if kind in _WORD_SPLITTERS:
+        return True
+    if kind == "ByteLevel":
+        return bool(node.get("use_regex", True))
+    if kind == "Metaspace":
+        return bool(node.get("split", True))
+    if kind == "Split":
+        pattern = node.get("pattern") or {}
+        return "\\s" in str(pattern.get("Regex", "")) or pattern.get("String") == " "
+    return False
 
 
 def _truncation_side(model_dir: Path) -> str:

@@ -51,7 +51,8 @@ async def read_body(request: Request, model: type[Body]) -> Body:
             data = orjson.loads(raw)
     except (orjson.JSONDecodeError, ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         kind = "msgpack" if content in _MSGPACK_TYPES else "JSON"
-        raise WireError("INVALID_JSON", f"the body is not valid {kind}: {exc}") from None
+        # msgpack's StackError (nesting too deep) has no message of its own.
+        raise WireError("INVALID_JSON", f"the body is not valid {kind}: {exc or type(exc).__name__}") from None
     if not isinstance(data, dict):
         raise WireError("INVALID_INPUT", f"the body must be an object, not {type(data).__name__}")
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -91,7 +92,11 @@ class Service:
             try:
                 timeout = float(raw) / 1000
             except ValueError:
-                raise InvalidInput(f"{TIMEOUT_HEADER} must be a number of milliseconds, got {raw!r}") from None
+                timeout = math.nan
+            if not (math.isfinite(timeout) and timeout > 0):  # "nan", "inf", "-5" parse as floats too
+                raise InvalidInput(
+                    f"{TIMEOUT_HEADER} must be a positive number of milliseconds, got {raw[:50]!r}"
+                ) from None
         return time.monotonic() + timeout
 
     async def run(

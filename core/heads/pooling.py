@@ -54,12 +54,12 @@ class Pooler:
                 out.scatter_reduce_(0, seq[:, None].expand_as(masked), masked, reduce="amax")
                 outputs.append(out)
             else:
-                if mode == "weightedmean":
-                    # Token j (1-based) of a sequence weighs j, as in sentence-transformers.
-                    weights = weights * (batch.position_ids.float() + 1)
+                # Token j (1-based) of a sequence weighs j in weightedmean, as in sentence-transformers;
+                # a copy, so modes listed after it keep their own weights.
+                w = weights * (batch.position_ids.float() + 1) if mode == "weightedmean" else weights
                 sums = torch.zeros(batch.num_seqs, h32.shape[1], device=h32.device)
-                sums.index_add_(0, seq, h32 * weights[:, None])
-                counts = torch.zeros(batch.num_seqs, device=h32.device).index_add_(0, seq, weights)
+                sums.index_add_(0, seq, h32 * w[:, None])
+                counts = torch.zeros(batch.num_seqs, device=h32.device).index_add_(0, seq, w)
                 # The same 1e-9 floor sentence-transformers puts under the token count.
                 counts = counts.clamp(min=1e-9)
                 denom = counts.sqrt() if mode == "mean_sqrt_len_tokens" else counts

@@ -40,6 +40,7 @@ at once: keep batches under it (divided by the named vectors per point), or rais
 from __future__ import annotations
 
 import asyncio
+import reprlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -185,14 +186,22 @@ def _group_of(i: int, item: InferenceInput) -> Group:
         )
     output = options.get("output")
     if output is not None and output not in ("dense", "sparse", "multivector"):
-        raise InvalidInput(f"inputs[{i}]: option 'output' must be 'dense', 'sparse' or 'multivector', not {output!r}")
+        raise InvalidInput(
+            f"inputs[{i}]: option 'output' must be 'dense', 'sparse' or 'multivector', not {_shown(output)}"
+        )
     dimensions = options.get("dimensions")
     # bool is an int in Python; JSON true is no width.
     if dimensions is not None and (not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 1):
-        raise InvalidInput(f"inputs[{i}]: option 'dimensions' must be a positive integer, not {dimensions!r}")
+        raise InvalidInput(f"inputs[{i}]: option 'dimensions' must be a positive integer, not {_shown(dimensions)}")
     if dimensions is not None and output not in (None, "dense"):
-        raise InvalidInput(f"inputs[{i}]: option 'dimensions' applies to dense output only, not {output!r}")
+        raise InvalidInput(f"inputs[{i}]: option 'dimensions' applies to dense output only, not {_shown(output)}")
     return Group(item.model, output, dimensions)
+
+
+def _shown(value: Any) -> str:
+    """A caller's option value in a message: bounded in depth and length (the repr of a JSON
+    array nested a thousand deep raises RecursionError; a megabyte string is no message)."""
+    return reprlib.repr(value)
 
 
 def _vectors_of(group: Group, encoded: Encoded) -> Sequence[Any]:
