@@ -136,10 +136,14 @@ class ModelPool:
         hub: HubSettings | None = None,
         roots: tuple[Path, ...] = (),
         load_workers: int = 2,
+        drain_after_s: float = 5.0,
     ) -> None:
         self.runtime = runtime
         self.budget_bytes = int(budget_bytes)
         self.load_timeout_s = load_timeout_s
+        # Under steady traffic the loaded models are seldom idle all at once: a load that has
+        # waited this long for room takes it from the least recently used busy models instead.
+        self.drain_after_s = drain_after_s
         # Waiters outlast a load's own wait for room a little, so they see its MemoryBusy
         # (the precise error) rather than timing out first with ModelLoading.
         self.wait_timeout_s = load_timeout_s + 2.0
@@ -319,6 +323,30 @@ class ModelPool:
             victim.state, victim.nbytes = State.AVAILABLE, 0
         return self._used() + need <= self.budget_bytes, events
 
+    def _drain_for(self, need: int) -> list[PoolEvent]:
+        """Lock held. Retire least recently used busy models until `need` more bytes will fit once
+        their running requests finish: those finish on the copy they hold, new requests load the
+        model again. Nothing is retired when that cannot make room (pinned models hold it)."""
+        busy = sorted(
+            (e for e in self._entries.values() if e.state is State.LOADED and e.refs and not e.pinned),
+            key=lambda e: e.last_used,
+        )
+        # Retired copies leave memory as their leases come back: count them as already gone, or
+        # every pass of the waiting loop would retire one more model.
+        pending = sum(e.nbytes for e in self._retired)
+        shortfall = self._used() - pending + need - self.budget_bytes
+        if shortfall > sum(e.nbytes for e in busy):
+            return []
+        events: list[PoolEvent] = []
+        for victim in busy:
+            if shortfall <= 0:
+                break
+            shortfall -= victim.nbytes
+            self._entries[victim.spec.id] = fresh = _Entry(victim.spec, pinned=False, preload=victim.preload)
+            fresh.last_used_wall = victim.last_used_wall
+            events += self._retire(victim, "budget")
+        return events
+
     def make_room(self, nbytes: int, *, keep: LoadedModel | None = None) -> bool:
         """Evict idle models until `nbytes` of working memory fit; False if they cannot."""
         with self._lock:
@@ -417,7 +445,8 @@ class ModelPool:
                 f"model {entry.spec.id!r} needs about {estimate / 2**20:.0f} MiB, more than the whole memory "
                 f"budget of {self.budget_bytes / 2**20:.0f} MiB; raise REMORA_MEMORY_BUDGET or use a smaller dtype"
             )
-        deadline = time.monotonic() + self.load_timeout_s
+        started = time.monotonic()
+        deadline = started + self.load_timeout_s
         events: list[PoolEvent] = []
         with self._lock:
             while True:
@@ -426,6 +455,14 @@ class ModelPool:
                 if fits:
                     entry.nbytes = estimate
                     break
+                if time.monotonic() - started >= self.drain_after_s:
+                    drained = self._drain_for(estimate)
+                    if drained:  # told now, not when the load ends: metrics show the drain as it happens
+                        self._lock.release()
+                        try:
+                            self._emit(drained)
+                        finally:
+                            self._lock.acquire()
                 if self._closed:
                     raise ShuttingDown("the server shut down while this model waited for memory", retry_after=1.0)
                 remaining = deadline - time.monotonic()
@@ -435,7 +472,8 @@ class ModelPool:
                         "running or pinned",
                         retry_after=5.0,
                     )
-                self._changed.wait(timeout=min(remaining, 1.0))
+                until_drain = started + self.drain_after_s - time.monotonic()
+                self._changed.wait(timeout=min(remaining, 1.0, until_drain if until_drain > 0 else 1.0))
         self._emit(events)
         if events:
             release_memory(self.runtime.device)

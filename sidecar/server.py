@@ -32,6 +32,9 @@ class _Server(uvicorn.Server):
         self._captured_signals.clear()
 
 
+KEEP_ALIVE_S = 75
+
+
 def serve(settings: ServerSettings, *, host: str, port: int, log_level: str = "info", access_log: bool = False) -> int:
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
@@ -45,6 +48,11 @@ def serve(settings: ServerSettings, *, host: str, port: int, log_level: str = "i
         http="httptools" if importlib.util.find_spec("httptools") else "h11",
         # Never None, which waits forever (int() made any grace under 1 s that); whole seconds, rounded up.
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s),
+        # Clients keep idle connections open for a while (httpx: 5 s, the same as uvicorn's
+        # default): a server that closes at the same moment loses the request sent into the
+        # closing connection. Outlasting clients' and proxies' idle timeouts (load balancers: 60 s)
+        # leaves the close to them.
+        timeout_keep_alive=KEEP_ALIVE_S,
         server_header=False,
         proxy_headers=False,
         lifespan="on",

@@ -13,10 +13,11 @@ from remora.core.errors import ModelLoadError, PathNotAllowed
 from remora.core.pool import ModelStatus, State
 from remora.sidecar.codec import WireError, body_schema, json_response, read_body
 from remora.sidecar.metrics import CONTENT_TYPE
+from remora.sidecar.openapi import PROMETHEUS_200, error_responses
 from remora.sidecar.registry import RegistryError
 from remora.sidecar.state import remora
 
-router = APIRouter()
+router = APIRouter(responses=error_responses("/v1/models"))
 
 
 def _describe(status: ModelStatus) -> dict[str, Any]:
@@ -160,7 +161,12 @@ async def healthz() -> Response:
     return json_response({"status": "ok"})
 
 
-@router.get("/readyz", tags=["health"])
+class NotReady(BaseModel):
+    status: Literal["draining", "loading"]
+    waiting_for: list[str] = Field(..., description="Preloaded or pinned models not yet in memory")
+
+
+@router.get("/readyz", tags=["health"], responses={503: {"model": NotReady, "description": "Not ready (yet)"}})
 async def readyz(request: Request) -> Response:
     """Ready when every preloaded model is in memory and the server is not draining."""
     state = remora(request)
@@ -172,6 +178,6 @@ async def readyz(request: Request) -> Response:
     return json_response({"status": "ready"})
 
 
-@router.get("/metrics", tags=["health"])
+@router.get("/metrics", tags=["health"], response_class=Response, responses=PROMETHEUS_200)
 async def metrics(request: Request) -> Response:
     return Response(remora(request).metrics.render(), media_type=CONTENT_TYPE)

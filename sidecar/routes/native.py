@@ -20,9 +20,10 @@ from remora.sidecar.codec import (
     wants_msgpack,
 )
 from remora.sidecar.errors import error_response
+from remora.sidecar.openapi import MSGPACK_200, error_responses
 from remora.sidecar.state import remora
 
-router = APIRouter(tags=["native"])
+router = APIRouter(tags=["native"], responses={**error_responses("/v1/encode"), **MSGPACK_200})
 
 
 class EncodeRequest(BaseModel):

@@ -29,10 +29,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import Response
 
 from remora.sidecar.codec import body_schema, json_response, read_body
+from remora.sidecar.openapi import error_responses
 from remora.sidecar.routes.compat_common import text_only
 from remora.sidecar.state import remora
 
-router = APIRouter(tags=["openai"])
+router = APIRouter(tags=["openai"], responses=error_responses("/v1/embeddings"))
 
 
 class EmbeddingsRequest(BaseModel):

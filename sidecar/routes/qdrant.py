@@ -56,10 +56,12 @@ from remora.core.model import Encoded
 from remora.sidecar.codec import WireError, body_schema, json_response, read_body, sparse_for_wire
 from remora.sidecar.errors import error_response
 from remora.sidecar.middleware import body_key_ok
+from remora.sidecar.openapi import error_responses
 from remora.sidecar.service import Result
 from remora.sidecar.state import remora
 
-router = APIRouter(tags=["qdrant"])
+QDRANT_PATH = "/v1/qdrant/inference"
+router = APIRouter(tags=["qdrant"], responses=error_responses(QDRANT_PATH))
 
 Output = Literal["dense", "sparse", "multivector"]
 OPTIONS = ("output", "dimensions")
@@ -111,7 +113,7 @@ class Group:
     dimensions: int | None
 
 
-@router.post("/v1/qdrant/inference", response_model=InferenceResponse, openapi_extra=body_schema(InferenceRequest))
+@router.post(QDRANT_PATH, response_model=InferenceResponse, openapi_extra=body_schema(InferenceRequest))
 async def inference(request: Request) -> Response:
     state = remora(request)
     gate = request.scope.get("state", {})

@@ -23,9 +23,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from remora.sidecar.codec import WireError, body_schema, json_response, read_body
+from remora.sidecar.openapi import error_responses
 from remora.sidecar.state import remora
 
-router = APIRouter(tags=["rerank"])
+router = APIRouter(tags=["rerank"], responses=error_responses("/v1/rerank"))
 
 
 class RerankDocument(BaseModel):

@@ -46,11 +46,13 @@ from remora.core.errors import RemoraError
 from remora.core.model import LoadedModel
 from remora.core.pool import State
 from remora.sidecar.codec import WireError, body_schema, json_response, read_body
+from remora.sidecar.errors import WEAVIATE_PREFIX
+from remora.sidecar.openapi import error_responses
 from remora.sidecar.routes.compat_common import text_only
 from remora.sidecar.routes.weaviate import root_rerank
 from remora.sidecar.state import Remora, remora
 
-router = APIRouter(tags=["tei"])
+router = APIRouter(tags=["tei"], responses=error_responses("/embed"))
 
 Direction = Literal["Right", "right", "Left", "left"]
 
@@ -219,7 +221,7 @@ async def embed_sparse(request: Request) -> Response:
 
 
 @router.post("/rerank", response_model=list[Rank], response_model_exclude_none=True,
-             openapi_extra=body_schema(RerankRequest))
+             openapi_extra=body_schema(RerankRequest), responses=error_responses("/rerank", WEAVIATE_PREFIX))
 async def rerank(request: Request) -> Response:
     """TEI's rerank; a body with "documents" and no "texts" is Weaviate's reranker-transformers
     module, which posts to this same path, and is answered in its shape (routes/weaviate.py)."""
@@ -339,7 +341,15 @@ async def info(request: Request, model: str | None = None) -> Response:
     })
 
 
-@router.get("/health")
+class Unhealthy(BaseModel):
+    error: str
+    error_type: Literal["Unhealthy"]
+
+
+@router.get("/health", response_class=Response, responses={
+    200: {"description": "Healthy: an empty body"},
+    503: {"model": Unhealthy, "description": "Draining, or the default model is missing, failed or still loading"},
+})
 async def health(request: Request) -> Response:
     """200 with an empty body while the default model can serve; 503 {"error", "error_type":
     "Unhealthy"} while the server drains, when the model is not registered or failed to load, and

@@ -47,9 +47,10 @@ from remora.core.errors import RemoraError, Retryable
 from remora.core.pool import State
 from remora.sidecar.codec import MSGPACK, WireError, body_schema, describe, json_response, read_body
 from remora.sidecar.errors import WEAVIATE_PREFIX, error_response
+from remora.sidecar.openapi import error_responses
 from remora.sidecar.state import remora
 
-router = APIRouter(tags=["weaviate"])
+router = APIRouter(tags=["weaviate"], responses=error_responses(WEAVIATE_PREFIX))
 
 # `{model:path}`: registered ids may hold slashes ("BAAI/bge-small-en-v1.5").
 PREFIX = WEAVIATE_PREFIX + "{model:path}"
@@ -246,20 +247,20 @@ _MODEL_PARAMETER = {"name": "model", "in": "path", "required": True, "schema": {
                     "description": "A registered model id or alias (it may hold slashes)"}
 
 
-def _add(path: str, endpoint: Any, method: str, schema: type[BaseModel] | None = None) -> None:
+def _add(path: str, endpoint: Any, method: str, schema: type[BaseModel] | None = None, status: int = 200) -> None:
     # The endpoints read the model from path_params themselves (the root routes have none), so
     # OpenAPI is told about it here.
     extra: dict[str, Any] = body_schema(schema) if schema is not None else {}
     if "{model:path}" in path:
         extra["parameters"] = [_MODEL_PARAMETER]
-    router.add_api_route(path, endpoint, methods=[method], openapi_extra=extra or None)
+    router.add_api_route(path, endpoint, methods=[method], openapi_extra=extra or None, status_code=status)
 
 
 # Weaviate builds `{url}/vectors` and `{url}/ner/`; the reference containers also answer
 # `/vectors/`, and `/ner` costs nothing (Weaviate's client follows no redirect).
 for _root in ("", PREFIX):
-    _add(f"{_root}/.well-known/ready", ready, "GET")
-    _add(f"{_root}/.well-known/live", live, "GET")
+    _add(f"{_root}/.well-known/ready", ready, "GET", status=204)
+    _add(f"{_root}/.well-known/live", live, "GET", status=204)
     _add(f"{_root}/meta", meta, "GET")
     _add(f"{_root}/vectors", vectors, "POST", VectorsRequest)
     _add(f"{_root}/vectors/", vectors, "POST", VectorsRequest)

@@ -527,6 +527,23 @@ def test_client_disconnects_mid_request(main: Served) -> None:
     assert main.process.proc.poll() is None
 
 
+def test_an_idle_keep_alive_connection_outlasts_the_clients_expiry(main: Served) -> None:
+    """A client keeps an idle connection for a while (httpx: 5 s) and then sends on it. Were the
+    server to close idle connections as soon (uvicorn's default), a request sent as it closed
+    would be lost: the server keeps them longer (sidecar/server.py KEEP_ALIVE_S), so the second
+    request on the same socket, 6 s later, is answered."""
+    head, body = http_request(json.dumps({"model": "ctl", "inputs": ["kept alive"]}).encode())
+    sock = connect(main)
+    try:
+        sock.sendall(head + body)
+        assert read_response(sock)[0] == 200
+        time.sleep(6.0)
+        sock.sendall(head + body)
+        assert read_response(sock)[0] == 200
+    finally:
+        sock.close()
+
+
 def test_slow_client(main: Served) -> None:
     """A client that sends its body slowly, and one that reads its response (1000 vectors)
     slowly through a 4 kB receive window: other clients are served meanwhile at their normal

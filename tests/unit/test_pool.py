@@ -510,3 +510,41 @@ def test_an_alias_never_shadows_another_model(tmp_path: Path) -> None:
     assert engine.resolve_id("a") == "a" and engine.resolve_id("b-alias") == "b"
     engine.register("b", minilm_dir(), aliases=["b-alias", "b2"])  # re-registering keeps its own names
     assert engine.resolve_id("b2") == "b"
+
+
+def test_a_long_wait_for_room_drains_the_least_recently_used_busy_model(
+    three: tuple[ModelPool, Recorder], reference: np.ndarray
+) -> None:
+    """Under steady traffic no model is ever idle: a load that has waited `drain_after_s` retires
+    the least recently used busy model. Its running request finishes on the copy it holds; the
+    load proceeds the moment that lease comes back; only one model is drained for one load."""
+    pool, recorder = three
+    pool.drain_after_s, pool.load_timeout_s, pool.wait_timeout_s = 0.3, 30.0, 32.0
+    lease_a = pool.acquire("a")
+    lease_b = pool.acquire("b")  # b is the more recently used
+    loading = pool.load("c")
+    time.sleep(1.0)
+    assert not loading.done()  # a is drained but still leased: its memory is not free yet
+    assert recorder.evicted() == [("a", "budget")]
+    assert pool.status_of("a").state is State.AVAILABLE and pool.status_of("b").state is State.LOADED
+    assert np.abs(lease_a.model.encode(TEXTS) - reference).max() <= 1e-6  # the held copy still runs
+    lease_a.release()
+    loading.result(timeout=30)
+    assert loaded(pool) == {"b", "c"} and recorder.evicted() == [("a", "budget")]
+    assert pool.used_bytes <= pool.budget_bytes
+    lease_b.release()
+    use(pool, "a", reference)  # a loads again, evicting the now idle least recently used model
+    assert pool.used_bytes <= pool.budget_bytes
+
+
+def test_pinned_models_are_never_drained(three: tuple[ModelPool, Recorder]) -> None:
+    pool, recorder = three
+    pool.drain_after_s = 0.1
+    pool.set_pinned("a", True)
+    pool.set_pinned("b", True)
+    leases = [pool.acquire("a"), pool.acquire("b")]
+    with pytest.raises(MemoryBusy):
+        pool.acquire("c", timeout=30)
+    assert recorder.evicted() == [] and loaded(pool) == {"a", "b"}
+    for lease in leases:
+        lease.release()
