@@ -75,6 +75,17 @@ def save_tiny(model: torch.nn.Module, target: Path, *, tokenizer: str = "wordpie
     return target
 
 
+def save_tiny_bert_encoder(target: Path, *, seed: int = 0) -> Path:
+    """A tiny seeded BERT encoder (64-d, 128 positions, randomised layer norms) with MiniLM's
+    WordPiece tokenizer, saved at `target`: the stock model of the server-level tests."""
+    from transformers import BertModel
+
+    torch.manual_seed(seed)
+    model = BertModel(tiny_bert_config(), add_pooling_layer=False).eval()
+    randomize_layernorms(model, seed)
+    return save_tiny(model, target)
+
+
 def tiny_bert_config(**overrides: Any) -> Any:
     from transformers import BertConfig
 

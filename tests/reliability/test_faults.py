@@ -40,9 +40,7 @@ from remora.core.memory import estimate_model_bytes
 from tests.helpers import (
     link_model_copy,
     minilm_dir,
-    randomize_layernorms,
-    save_tiny,
-    tiny_bert_config,
+    save_tiny_bert_encoder,
     write_json,
 )
 from tests.sidecar.server import ServerProcess
@@ -64,12 +62,7 @@ TERM_GRACE = 4.0
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny seeded BERT encoder (64-d, 128 positions) with MiniLM's WordPiece tokenizer."""
-    from transformers import BertModel
-
-    torch.manual_seed(0)
-    model = BertModel(tiny_bert_config(), add_pooling_layer=False).eval()
-    randomize_layernorms(model, 0)
-    return save_tiny(model, tmp_path_factory.mktemp("faults-tiny") / "model")
+    return save_tiny_bert_encoder(tmp_path_factory.mktemp("faults-tiny") / "model")
 
 
 def copy(src: Path, target: Path) -> Path:

@@ -12,7 +12,12 @@ import httpx
 import pytest
 import torch
 
-from tests.helpers import randomize_layernorms, save_tiny, tiny_bert_config, write_json
+from tests.helpers import (
+    save_tiny,
+    save_tiny_bert_encoder,
+    tiny_bert_config,
+    write_json,
+)
 from tests.security.support import API_KEY, MAX_INPUTS, MAX_REQUEST_BYTES, Hardened
 from tests.sidecar.server import ServerProcess
 
@@ -20,12 +25,7 @@ from tests.sidecar.server import ServerProcess
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny seeded BERT encoder (64-d, 128 positions) with MiniLM's WordPiece tokenizer."""
-    from transformers import BertModel
-
-    torch.manual_seed(0)
-    model = BertModel(tiny_bert_config(), add_pooling_layer=False).eval()
-    randomize_layernorms(model, 0)
-    return save_tiny(model, tmp_path_factory.mktemp("security-tiny") / "model")
+    return save_tiny_bert_encoder(tmp_path_factory.mktemp("security-tiny") / "model")
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import randomize_layernorms, save_tiny, tiny_bert_config
+from tests.helpers import randomize_layernorms, save_tiny, save_tiny_bert_encoder, tiny_bert_config
 from tests.sidecar.server import ServerProcess
 
 
@@ -38,9 +38,4 @@ def ce_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny seeded BERT encoder (64-d, mean pooling)."""
-    from transformers import BertModel
-
-    torch.manual_seed(0)
-    model = BertModel(tiny_bert_config(), add_pooling_layer=False).eval()
-    randomize_layernorms(model, 0)
-    return save_tiny(model, tmp_path_factory.mktemp("tiny-encoder") / "model")
+    return save_tiny_bert_encoder(tmp_path_factory.mktemp("tiny-encoder") / "model")
