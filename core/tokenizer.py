@@ -24,6 +24,7 @@ from tokenizers.normalizers import Lowercase
 from tokenizers.normalizers import Sequence as NormalizerSequence
 
 from remora.core.errors import InputTooLong, InvalidInput, ModelLoadError
+from remora.core.truncation import PairTemplate, longest_first, splits_at_whitespace
 
 # A text longer than this many characters per `max_len` token is tokenized from a head first.
 HEAD_CHARS_PER_TOKEN = 16
@@ -67,12 +68,12 @@ class TextTokenizer:
         self._truncating.enable_truncation(max_length=max_len, strategy="longest_first", direction=direction)
         # Heads keep the start of a text: only for right truncation, and only where a word's
         # tokens depend on that word alone (see `_head`).
-        self._cut_early = direction == "right" and _splits_at_whitespace(spec.get("pre_tokenizer")) and not any(
+        self._cut_early = direction == "right" and splits_at_whitespace(spec.get("pre_tokenizer")) and not any(
             re.search(r"\S\s+\S", str(token.get("content", ""))) for token in spec.get("added_tokens") or ()
         )
         self.special_ids = {int(i) for i in base.get_added_tokens_decoder() if base.get_added_tokens_decoder()[i].special}
         self._direction = direction
-        self._pair_template = _PairTemplate.of(base)
+        self._pair_template = PairTemplate.of(base)
 
     def encode(self, texts: Sequence[str], *, truncate: bool = True) -> Tokenized:
         return self._run(list(texts), truncate=truncate)
@@ -231,7 +232,7 @@ class TextTokenizer:
                     return (found[0], other) if side == 0 else (other, found[0])
         return item
 
-    def _truncate_pairs(self, pairs: list[tuple[str, str]], template: _PairTemplate) -> Tokenized:
+    def _truncate_pairs(self, pairs: list[tuple[str, str]], template: PairTemplate) -> Tokenized:
         """Pairs cut longest-first as `tokenizers` cuts them, computed here from each text's own
         tokens. `tokenizers` also builds every overflowing window of a truncated pair, the
         product of both texts' windows: two 35 kB texts took 2.5 GB, two 100 kB ones all memory."""
@@ -257,7 +258,7 @@ class TextTokenizer:
                 ):
                     whole = pairs[index][side]
                     counts[side] = len(self._full.encode(whole, add_special_tokens=False).ids)
-            keep_first, keep_second = _longest_first(counts[0], counts[1], budget)
+            keep_first, keep_second = longest_first(counts[0], counts[1], budget)
             ids.append(template.ids(self._keep(first, keep_first), self._keep(second, keep_second)))
             type_ids.append(template.type_ids(keep_first, keep_second))
         return Tokenized(ids=ids, type_ids=type_ids)
@@ -313,98 +314,6 @@ def _unencodable(item: Any) -> bool:
 
 def _tokenized(encodings: Sequence[Encoding]) -> Tokenized:
     return Tokenized(ids=[e.ids for e in encodings], type_ids=[e.type_ids for e in encodings])
-
-
-@dataclass(frozen=True)
-class _PairTemplate:
-    """What a tokenizer's post-processor puts around a pair: ids (and segment ids) before the
-    first text, between the two and after the second."""
-
-    before: list[int]
-    between: list[int]
-    after: list[int]
-    types: tuple[list[int], int, list[int], int, list[int]]  # before, first, between, second, after
-
-    @property
-    def size(self) -> int:
-        return len(self.before) + len(self.between) + len(self.after)
-
-    def ids(self, first: list[int], second: list[int]) -> list[int]:
-        return [*self.before, *first, *self.between, *second, *self.after]
-
-    def type_ids(self, first: int, second: int) -> list[int]:
-        before, type_first, between, type_second, after = self.types
-        return [*before, *[type_first] * first, *between, *[type_second] * second, *after]
-
-    @staticmethod
-    def of(tokenizer: Tokenizer) -> _PairTemplate | None:
-        """Read off the post-processor applied to a probe pair; None when it does not split
-        into special tokens around two runs of content (then `tokenizers` truncates)."""
-        first = tokenizer.encode("a", add_special_tokens=False)
-        second = tokenizer.encode("b c", add_special_tokens=False)
-        if not first.ids or not second.ids:
-            return None
-        out = tokenizer.post_process(first, second, add_special_tokens=True)
-        content = [i for i, special in enumerate(out.special_tokens_mask) if not special]
-        n = len(first.ids)
-        if [out.ids[i] for i in content] != first.ids + second.ids or content != [
-            *range(content[0], content[0] + n), *range(content[n], content[n] + len(second.ids))
-        ]:
-            return None
-        start_second, end_first, end_second = content[n], content[n - 1] + 1, content[-1] + 1
-        types = out.type_ids
-        if len({types[i] for i in content[:n]}) != 1 or len({types[i] for i in content[n:]}) != 1:
-            return None
-        return _PairTemplate(
-            before=out.ids[: content[0]],
-            between=out.ids[end_first:start_second],
-            after=out.ids[end_second:],
-            types=(types[: content[0]], types[content[0]], types[end_first:start_second], types[start_second],
-                   types[end_second:]),
-        )
-
-
-def _longest_first(first: int, second: int, budget: int) -> tuple[int, int]:
-    """How many tokens of each text a pair keeps: the `tokenizers` library's longest-first rule
-    (the shorter text whole if the longer can fill the rest, else half each, the odd token to
-    the longer, or to the second on a tie)."""
-    if first + second <= budget:
-        return first, second
-    swap = first > second
-    shorter, longer = (second, first) if swap else (first, second)
-    longer = shorter if shorter > budget else max(shorter, budget - shorter)
-    if shorter + longer > budget:
-        shorter = budget // 2
-        longer = shorter + budget % 2
-    return (longer, shorter) if swap else (shorter, longer)
-
-
-# Pre-tokenizers that split at whitespace, and those that only split further.
-_WORD_SPLITTERS = {"BertPreTokenizer", "Whitespace", "WhitespaceSplit"}
-_FURTHER_SPLITTERS = {"Punctuation", "Digits", "UnicodeScripts", "CharDelimiterSplit", "Split", "ByteLevel", "Metaspace"}
-
-
-def _splits_at_whitespace(node: Any) -> bool:
-    """Whether a tokenizer.json pre_tokenizer cuts text into pieces at whitespace (so no token
-    spans two words), and does nothing else that could join them."""
-    if not isinstance(node, dict):
-        return False
-    kind = node.get("type")
-    if kind == "Sequence":
-        parts = node.get("pretokenizers") or []
-        return all(isinstance(p, dict) and p.get("type") in _WORD_SPLITTERS | _FURTHER_SPLITTERS for p in parts) and any(
-            _splits_at_whitespace(p) for p in parts
-        )
-    if kind in _WORD_SPLITTERS:
-        return True
-    if kind == "ByteLevel":
-        return bool(node.get("use_regex", True))
-    if kind == "Metaspace":
-        return bool(node.get("split", True))
-    if kind == "Split":
-        pattern = node.get("pattern") or {}
-        return "\\s" in str(pattern.get("Regex", "")) or pattern.get("String") == " "
-    return False
 
 
 def _truncation_side(model_dir: Path) -> str:
