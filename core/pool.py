@@ -285,10 +285,7 @@ class ModelPool:
             if entry.state is not State.LOADED:
                 return False
             if entry.refs:
-                # Running: hand the loaded copy to the retired list; the id is available again.
-                self._entries[entry.spec.id] = fresh = _Entry(entry.spec, pinned=False, preload=entry.preload)
-                fresh.last_used_wall = entry.last_used_wall
-                events = self._retire(entry, "unload")
+                events = self._retire_running(entry, "unload")
             else:
                 events = self._drop(entry, "unload")
                 entry.state, entry.nbytes = State.AVAILABLE, 0
@@ -342,9 +339,7 @@ class ModelPool:
             if shortfall <= 0:
                 break
             shortfall -= victim.nbytes
-            self._entries[victim.spec.id] = fresh = _Entry(victim.spec, pinned=False, preload=victim.preload)
-            fresh.last_used_wall = victim.last_used_wall
-            events += self._retire(victim, "budget")
+            events += self._retire_running(victim, "budget")
         return events
 
     def make_room(self, nbytes: int, *, keep: LoadedModel | None = None) -> bool:
@@ -479,6 +474,13 @@ class ModelPool:
             release_memory(self.runtime.device)
 
     # -- dropping -------------------------------------------------------------------------
+
+    def _retire_running(self, entry: _Entry, reason: str) -> list[PoolEvent]:
+        """Lock held. A loaded model with requests running: its copy goes to the retired list (they
+        finish on it; its memory goes with the last lease) and the id is available again, unpinned."""
+        self._entries[entry.spec.id] = fresh = _Entry(entry.spec, pinned=False, preload=entry.preload)
+        fresh.last_used_wall = entry.last_used_wall
+        return self._retire(entry, reason)
 
     def _retire(self, entry: _Entry, reason: str) -> list[PoolEvent]:
         """Lock held. Take an entry out of service; its memory goes when its leases are back."""

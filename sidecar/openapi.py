@@ -29,7 +29,7 @@ class ErrorDetail(BaseModel):
                       "rate_limit_error, server_error, ...")
 
 
-class RemoraError(BaseModel):
+class NativeError(BaseModel):
     """Native, OpenAI and Cohere/Jina rerank routes, and the model, health and metrics routes."""
 
     error: ErrorDetail
@@ -63,7 +63,7 @@ def _statuses(path: str) -> dict[int, list[str]]:
 
 
 def _model(path: str) -> type[BaseModel]:
-    return PlainError if is_plain(path) else TeiError if is_tei(path) else RemoraError
+    return PlainError if is_plain(path) else TeiError if is_tei(path) else NativeError
 
 
 def _entry(model: Any, codes: list[str], status: int) -> dict[str, Any]:
